@@ -1,0 +1,51 @@
+# Sparse Networks, by hand: `make book` renders the book, `make test` runs every test.
+# Both create .venv on first use (CPU torch first, so pip never pulls a CUDA build).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NB ?= notebooks/*.ipynb
+
+.PHONY: book test unit notebooks execute lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "book: open _build/html/index.html"
+
+# Every test: unit + property tests, every notebook under strict nbval, and the book build.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest notebooks
+
+# Re-run notebooks in place (all, or NB=notebooks/01_unstructured.ipynb), with widget state.
+execute: $(STAMP)
+	@for nb in $(NB); do \
+		echo "executing $$nb"; start=$$(date +%s); \
+		$(BIN)/jupyter execute --inplace $$nb || exit 1; \
+		echo "$$nb: $$(( $$(date +%s) - start )) s"; \
+	done
+
+lint: $(STAMP)
+	$(BIN)/ruff check sparsekit tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_select.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,67 @@
+"""Honest timing: warm-up runs, several repeats, the median, and CUDA synchronisation.
+
+A single ``time.perf_counter()`` around one call measures allocator warm-up, lazy
+initialisation and noise. ``time_fn`` runs the function a few times first, then reports
+the median of ``repeats`` timed calls (and the spread), synchronising CUDA around each
+call so asynchronous kernels are actually counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median and the interquartile range of the repeats."""
+
+    median: float
+    q1: float
+    q3: float
+    repeats: int
+
+    @property
+    def ms(self) -> float:
+        """Median in milliseconds."""
+        return self.median * 1e3
+
+    def __str__(self) -> str:
+        return f"{self.ms:.3f} ms (IQR {self.q1 * 1e3:.3f}-{self.q3 * 1e3:.3f}, n={self.repeats})"
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10,
+            min_time: float = 0.0) -> Timing:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls.
+
+    ``min_time`` (seconds) keeps repeating until that much time was measured, which
+    steadies very short functions.
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        _sync()
+        times: list[float] = []
+        while len(times) < repeats or sum(times) < min_time:
+            start = time.perf_counter()
+            fn()
+            _sync()
+            times.append(time.perf_counter() - start)
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Timing(statistics.median(times), quartiles[0], quartiles[2], len(times))
+
+
+def speedup(baseline: Timing, candidate: Timing) -> float:
+    """How many times faster ``candidate`` is than ``baseline`` (ratio of medians)."""
+    return baseline.median / candidate.median
