@@ -105,7 +105,8 @@ def loader(x: Tensor, y: Tensor, batch_size: int = 128, *, shuffle: bool = False
     """A ``DataLoader`` that yields whole batches by fancy indexing (fast for in-memory data).
 
     With ``shuffle=True`` the order comes from a private generator seeded with ``seed``,
-    so two loaders with the same seed yield the same batches in the same order.
+    so two loaders with the same seed yield the same batches in the same order. The
+    generator advances with every epoch: for two identical runs, build two loaders.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -60,8 +60,7 @@ class CNN1d(nn.Module):
         self.fc = nn.Linear(c3 * length, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
+        x = x.reshape(x.shape[0], 1, -1)  # [batch, 40] or [batch, 1, 40] -> [batch, 1, 40]
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
@@ -104,8 +103,7 @@ class ResCNN1d(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
+        x = x.reshape(x.shape[0], 1, -1)  # [batch, 40] or [batch, 1, 40] -> [batch, 1, 40]
         x = F.relu(self.stem_bn(self.stem(x)))
         x = self.blocks(x)
         return self.fc(self.flatten(self.pool(x)))
@@ -185,9 +183,7 @@ class TinyTransformer(nn.Module):
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(self, x: Tensor, head_masks: Sequence[Tensor] | None = None) -> Tensor:
-        if x.dim() == 3:
-            x = x.squeeze(1)
-        tokens = self.embed(x.view(x.shape[0], -1, self.patch_size)) + self.pos
+        tokens = self.embed(x.reshape(x.shape[0], -1, self.patch_size)) + self.pos
         for i, layer in enumerate(self.layers):
             tokens = layer(tokens, None if head_masks is None else head_masks[i])
         return self.head(self.ln(tokens).mean(dim=1))

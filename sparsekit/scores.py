@@ -8,10 +8,16 @@ train/eval mode). Movement scores, which need a training loop, live in
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from collections.abc import Callable, Mapping
 
-from .masking import effective_weights
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .masking import effective_weights, prunable_weights
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def magnitude(model: nn.Module) -> dict[str, Tensor]:
@@ -34,4 +40,192 @@ def random(model: nn.Module, seed: int) -> dict[str, Tensor]:
     return {
         name: torch.rand(w.shape, generator=gen, dtype=torch.float32).to(w.device)
         for name, w in effective_weights(model).items()
+    }
+
+
+# --- pruning at initialization: SNIP, GraSP, SynFlow --------------------------------
+#
+# These criteria look at the network *before* training and need one batch (SNIP,
+# GraSP) or no data at all (SynFlow). They share two rules:
+#
+# * The model is never changed. Gradients are taken with ``torch.autograd.grad`` on
+#   detached copies of the parameters (so no ``.grad`` is written), and BatchNorm
+#   running statistics are updated only on copies of the buffers
+#   (``torch.func.functional_call``).
+# * A masked model is scored as the network of its *kept* weights: the stored
+#   original (zero where pruned) goes through the mask as in the forward pass, so
+#   pruned entries get gradient 0, score exactly 0, and do not carry signal. Pass
+#   ``current=sk.get_masks(model)`` to ``select_masks`` so they stay pruned whatever
+#   their score (GraSP scores can be negative, so 0 is not the smallest).
+# * ``masks=`` scores the model as if these masks were applied too (intersected with
+#   its own), without touching it: iterative pruning re-scores this way each round.
+
+
+def _check_batch(inputs: Tensor, targets: Tensor) -> None:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a Tensor, got {type(inputs).__name__}")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a Tensor, got {type(targets).__name__}")
+    if inputs.dim() == 0 or len(inputs) == 0:
+        raise ValueError(f"inputs must be a non-empty batch, got shape {tuple(inputs.shape)}")
+    if targets.dim() == 0 or len(targets) != len(inputs):
+        raise ValueError(
+            f"targets must hold one label per input: inputs has {len(inputs)} rows, "
+            f"targets has shape {tuple(targets.shape)}"
+        )
+
+
+def _stored_names(model: nn.Module) -> dict[str, str]:
+    """``{plain weight name: name of the stored parameter in named_parameters()}``."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    weights = prunable_weights(model)
+    if not weights:
+        raise ValueError(f"{type(model).__name__} has no Linear/Conv1d/Conv2d weights to score")
+    return {plain: by_id[id(p)] for plain, p in weights.items()}
+
+
+def _check_extra_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    if masks is None:
+        return {}
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a mapping name -> bool tensor or None, got {type(masks).__name__}")
+    weights = prunable_weights(model)
+    for name, m in masks.items():
+        if name not in weights:
+            raise ValueError(f"masks has unknown weight name {name!r}; allowed names: {', '.join(weights)}")
+        if not isinstance(m, Tensor) or m.dtype != torch.bool:
+            got = m.dtype if isinstance(m, Tensor) else type(m).__name__
+            raise TypeError(f"masks[{name!r}] must be a bool tensor, got {got}")
+        if m.shape != weights[name].shape:
+            raise ValueError(f"masks[{name!r}] has shape {tuple(m.shape)}, the weight has shape "
+                             f"{tuple(weights[name].shape)}")
+    return dict(masks)
+
+
+def _functional_state(model: nn.Module, masks: Mapping[str, Tensor] | None = None,
+                      transform: Callable[[Tensor], Tensor] | None = None
+                      ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(state, leaves)`` for ``functional_call``: copies of every parameter and buffer.
+
+    ``leaves`` maps each plain weight name to a fresh leaf tensor (requires grad); in
+    ``state`` that leaf appears multiplied by ``masks[name]`` when given, so pruned
+    entries get gradient 0 exactly as under :func:`sparsekit.apply_masks`. ``transform``
+    (e.g. ``abs`` in float64) is applied to every float parameter and buffer. Masks and
+    counters (bool / integer buffers) are copied unchanged. BatchNorm's in-place
+    updates hit the copies, never the model.
+    """
+    masks = _check_extra_masks(model, masks)
+    names = _stored_names(model)
+    state: dict[str, Tensor] = {}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        t = t.detach().clone()
+        if transform is not None and t.is_floating_point():
+            t = transform(t)
+        state[name] = t
+    leaves: dict[str, Tensor] = {}
+    for plain, stored in names.items():
+        leaf = state[stored].requires_grad_()
+        leaves[plain] = leaf
+        if plain in masks:
+            state[stored] = leaf.masked_fill(~masks[plain].to(leaf.device), 0.0)
+    return state, leaves
+
+
+def _loss_and_weights(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: LossFn,
+                      masks: Mapping[str, Tensor] | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss of ``model`` on the batch, as a function of fresh leaf copies of its weights."""
+    _check_batch(inputs, targets)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    state, leaves = _functional_state(model, masks)
+    loss = loss_fn(functional_call(model, state, (inputs,)), targets)
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        raise ValueError("loss_fn must return a scalar tensor")
+    return loss, leaves
+
+
+def snip(model: nn.Module, inputs: Tensor, targets: Tensor,
+         loss_fn: LossFn = F.cross_entropy, *, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """SNIP connection sensitivity ``|g * w|`` on one batch (Lee et al. 2019, Eq. 6).
+
+    With a gate ``c`` on every connection (``w -> c * w``), ``dL/dc`` at ``c = 1`` is
+    ``g * w``: the first-order change of the loss when the connection is removed. Lee
+    et al. normalise by the sum of all scores; that does not change the ranking, so we
+    return the raw values. The forward pass runs in the model's current mode (in train
+    mode BatchNorm uses the batch's statistics; its running statistics stay untouched).
+    ``masks``: score as if these masks were applied as well (pruned entries score 0).
+    """
+    loss, leaves = _loss_and_weights(model, inputs, targets, loss_fn, masks)
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return {
+        name: (torch.zeros_like(w) if g is None else (g * w).abs()).detach()
+        for (name, w), g in zip(leaves.items(), grads)
+    }
+
+
+def grasp(model: nn.Module, inputs: Tensor, targets: Tensor,
+          loss_fn: LossFn = F.cross_entropy, *, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """GraSP: ``w * (H g)``, larger = keep (Wang et al. 2020, Eq. 8).
+
+    Removing ``delta = -w`` changes the gradient norm ``g^T g`` by about
+    ``-2 w^T H g``. Wang et al. score ``S = -w * (H g)`` and remove the *largest* S,
+    i.e. the weights whose removal shrinks gradient flow least (or grows it); keeping
+    the largest ``w * (H g)`` is the same ranking. ``H g`` is the gradient of
+    ``g . stop_grad(g)`` (double backpropagation), with ``H`` the Hessian of the loss
+    with respect to the prunable weights (other parameters are held fixed). The scores
+    are signed. Mode and ``masks`` as in :func:`snip`; for a masked network ``H`` and
+    ``g`` are those of its kept weights.
+    """
+    loss, leaves = _loss_and_weights(model, inputs, targets, loss_fn, masks)
+    ws = list(leaves.values())
+    grads = torch.autograd.grad(loss, ws, create_graph=True, allow_unused=True)
+    used = [(w, g) for w, g in zip(ws, grads) if g is not None]
+    if not used:
+        return {name: torch.zeros_like(w).detach() for name, w in leaves.items()}
+    z = sum((g * g.detach()).sum() for _, g in used)
+    hg = torch.autograd.grad(z, [w for w, _ in used], allow_unused=True)
+    hg_of = {id(w): h for (w, _), h in zip(used, hg)}
+    out = {}
+    for name, w in leaves.items():
+        h = hg_of.get(id(w))
+        out[name] = torch.zeros_like(w).detach() if h is None else (w * h).detach()
+    return out
+
+
+def synflow(model: nn.Module, example_input: Tensor, *,
+            masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """SynFlow: ``(dR/dw) * w`` with ``R = 1^T (prod_l |W_l|) 1`` (Tanaka et al. 2020, Eq. 2).
+
+    Data-free: every parameter and floating buffer is replaced by its absolute value in
+    float64 (so the network is linear and positive), the input is one example of all
+    ones shaped like ``example_input[:1]``, and ``R`` is the sum of the outputs. For a
+    bias-free ReLU network ``R`` is exactly the path norm ``1^T |W_L| ... |W_1| 1``;
+    biases (as in Tanaka et al.'s code) add their own positive paths. The pass runs with
+    every module in eval mode (BatchNorm uses running statistics), then each module's
+    mode is restored: the model is left exactly as it was. ``masks`` as in :func:`snip`.
+
+    Scores are float64 and, for networks of Linear / Conv / ReLU / pooling (and
+    BatchNorm at its initial statistics), >= 0 (a mean-subtracting LayerNorm breaks
+    positivity). They obey the *conservation law* (Tanaka et al. 2020, Theorem 2): in a
+    bias-free network ``R`` is homogeneous of degree 1 in each layer's weights, so by
+    Euler's theorem ``sum(w * dR/dw)`` over any one layer equals ``R``: every layer's
+    scores sum to the same value.
+    """
+    if not isinstance(example_input, Tensor):
+        raise TypeError(f"example_input must be a Tensor, got {type(example_input).__name__}")
+    if example_input.dim() == 0 or len(example_input) == 0:
+        raise ValueError(f"example_input must be a non-empty batch, got shape {tuple(example_input.shape)}")
+    state, leaves = _functional_state(model, masks, lambda t: t.double().abs())
+    ones = torch.ones_like(example_input[:1], dtype=torch.float64)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        r = functional_call(model, state, (ones,)).sum()
+    finally:
+        for m, was_training in modes.items():
+            m.training = was_training
+    grads = torch.autograd.grad(r, list(leaves.values()), allow_unused=True)
+    return {
+        name: (torch.zeros_like(w) if g is None else g * w).detach()
+        for (name, w), g in zip(leaves.items(), grads)
     }

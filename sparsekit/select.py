@@ -33,51 +33,58 @@ def _check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     return float(sparsity)
 
 
-def _sorted_prefix(values: Tensor, k: int) -> Tensor:
-    """Indices (into ``values``) of the k smallest, ties -> lower index first."""
-    return torch.sort(values, stable=True).indices[:k]
+def lowest_k_parts(parts: list[Tensor], k: int) -> list[Tensor]:
+    """Bool masks, True at the ``k`` smallest entries over all ``parts`` together.
+
+    ``parts`` are treated as one flat vector (in list order, each row-major); among equal
+    values the lower position is chosen first. Exact for any input. Above ``2**20``
+    entries it avoids both concatenation and a full sort: a sample brackets the k-th
+    value, and only the entries inside the bracket are sorted.
+    """
+    flats = [p.reshape(-1) for p in parts]
+    n = sum(f.numel() for f in flats)
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, {n}], got {k}")
+    if k in (0, n) or n <= _EXACT_SORT_LIMIT:
+        chosen = torch.zeros(n, dtype=torch.bool, device=flats[0].device if flats else None)
+        if k:
+            chosen[torch.sort(torch.cat(flats), stable=True).indices[:k]] = True
+        return list(torch.split(chosen, [f.numel() for f in flats]))
+
+    # 1. Bracket the k-th smallest value between two quantiles of a random sample.
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    sample = torch.cat([
+        f[torch.randint(f.numel(), (max(1, _SAMPLE_SIZE * f.numel() // n),), generator=gen).to(f.device)]
+        for f in flats if f.numel()
+    ]).sort().values
+    m = sample.numel()
+    q, margin = k / n, 3.0 / math.sqrt(m) + 1.0 / m  # >= 6 standard deviations of a quantile
+    lo_pos, hi_pos = math.floor((q - margin) * m), math.ceil((q + margin) * m)
+    lo = sample[lo_pos] if lo_pos >= 0 else sample.new_tensor(-math.inf)
+    hi = sample[hi_pos] if hi_pos < m else sample.new_tensor(math.inf)
+    # 2. Count what lies below the bracket; sort only what lies inside it.
+    n_below = sum(int((f < lo).sum()) for f in flats)
+    candidates = torch.cat([f[(f >= lo) & (f <= hi)] for f in flats]).sort().values
+    need = k - n_below  # how many of the candidates are chosen
+    if not 1 <= need <= candidates.numel():  # unlucky sample: still exact, just slower
+        chosen = torch.zeros(n, dtype=torch.bool, device=flats[0].device)
+        chosen[torch.sort(torch.cat(flats), stable=True).indices[:k]] = True
+        return list(torch.split(chosen, [f.numel() for f in flats]))
+    # 3. The exact k-th value t: choose everything <= t, then give back surplus ties.
+    t = candidates[need - 1]
+    ties = need - int((candidates < t).sum())  # entries equal to t that are chosen
+    chosen = [f <= t for f in flats]
+    if ties < int((candidates == t).sum()):
+        for c, f in zip(chosen, flats):  # ties in position order: the first `ties` stay
+            tied = (f == t).nonzero().squeeze(1)
+            c[tied[ties:]] = False
+            ties = max(0, ties - tied.numel())
+    return chosen
 
 
 def lowest_k(flat: Tensor, k: int) -> Tensor:
-    """Bool tensor, True at the ``k`` smallest entries of 1-D ``flat`` (ties -> lower index).
-
-    Exact for any input; uses sample bracketing above ``2**20`` entries so that the cost
-    is a few linear passes instead of a full sort.
-    """
-    n = flat.numel()
-    if not 0 <= k <= n:
-        raise ValueError(f"k must be in [0, {n}], got {k}")
-    chosen = torch.zeros(n, dtype=torch.bool, device=flat.device)
-    if k == 0:
-        return chosen
-    if k == n:
-        return chosen.fill_(True)
-    if n <= _EXACT_SORT_LIMIT:
-        chosen[_sorted_prefix(flat, k)] = True
-        return chosen
-
-    # Bracket the k-th smallest value between two sample quantiles.
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    sample = flat[torch.randint(n, (_SAMPLE_SIZE,), generator=gen).to(flat.device)]
-    sample = torch.sort(sample).values
-    q = k / n
-    margin = 4.0 / math.sqrt(_SAMPLE_SIZE) + 1.0 / _SAMPLE_SIZE  # ~8 standard deviations
-    lo_pos = math.floor((q - margin) * _SAMPLE_SIZE)
-    hi_pos = math.ceil((q + margin) * _SAMPLE_SIZE)
-    lo = sample[lo_pos] if lo_pos >= 0 else None
-    hi = sample[hi_pos] if hi_pos < _SAMPLE_SIZE else None
-
-    below = flat < lo if lo is not None else torch.zeros_like(chosen)
-    inside = ~below if hi is None else (~below) & (flat <= hi)
-    n_below = int(below.sum())
-    candidates = inside.nonzero().squeeze(1)  # ascending flat index
-    need = k - n_below
-    if not 0 <= need <= candidates.numel():  # unlucky sample: fall back, still exact
-        chosen[_sorted_prefix(flat, k)] = True
-        return chosen
-    chosen |= below
-    chosen[candidates[_sorted_prefix(flat[candidates], need)]] = True
-    return chosen
+    """Bool tensor, True at the ``k`` smallest entries of 1-D ``flat`` (ties -> lower index)."""
+    return lowest_k_parts([flat], k)[0]
 
 
 def _flatten_scores(scores: Mapping[str, Tensor]) -> tuple[list[str], list[Tensor]]:
@@ -89,7 +96,7 @@ def _flatten_scores(scores: Mapping[str, Tensor]) -> tuple[list[str], list[Tenso
             raise TypeError(f"scores[{name!r}] must be a Tensor, got {type(s).__name__}")
         if not s.is_floating_point():
             raise TypeError(f"scores[{name!r}] must be a float tensor, got {s.dtype}")
-        if torch.isnan(s).any():
+        if torch.isnan(s.sum()) and torch.isnan(s).any():  # one cheap pass in the common case
             raise ValueError(f"scores[{name!r}] contains NaN; scores must be comparable")
         names.append(name)
         tensors.append(s.detach())
@@ -168,32 +175,33 @@ def select_masks(
         masks = {}
         for name, s in zip(names, prepared):
             k = round(sparsity * s.numel())
-            masks[name] = _keep_mask(name, s.flatten(), k).view(s.shape)
+            _check_constraints(name, [s], k, current is not None)
+            masks[name] = (~lowest_k(s.flatten(), k)).view(s.shape)
         return masks
 
     if min_keep > 0:
         prepared = [_protect_top(s, math.ceil(min_keep * s.numel())) for s in prepared]
     total = sum(s.numel() for s in prepared)
     k = round(sparsity * total)
-    flat = torch.cat([s.flatten().to(torch.float32) for s in prepared])
-    keep = _keep_mask("all scores", flat, k)
-    masks, start = {}, 0
-    for name, s in zip(names, prepared):
-        masks[name] = keep[start : start + s.numel()].view(s.shape).clone()
-        start += s.numel()
-    return masks
+    constrained = current is not None or min_keep > 0
+    _check_constraints("all scores", prepared, k, constrained)
+    pruned = lowest_k_parts(prepared, k)
+    return {name: (~p).view(s.shape) for name, s, p in zip(names, prepared, pruned)}
 
 
-def _keep_mask(name: str, flat: Tensor, k: int) -> Tensor:
-    already = int(torch.isneginf(flat).sum())
+def _check_constraints(name: str, parts: list[Tensor], k: int, constrained: bool) -> None:
+    """With ``current`` / ``min_keep``: -inf marks already-pruned, +inf protected entries."""
+    if not constrained:
+        return
+    already = sum(int(torch.isneginf(p).sum()) for p in parts)
     if already > k:
         raise ValueError(
             f"{name}: {already} entries are already pruned by `current`, more than the "
             f"{k} that the requested sparsity allows; sparsity can only grow"
         )
-    if k > flat.numel() - int(torch.isposinf(flat).sum()):
+    protected = sum(int(torch.isposinf(p).sum()) for p in parts)
+    if k > sum(p.numel() for p in parts) - protected:
         raise ValueError(f"{name}: cannot prune {k} entries while min_keep protects the rest")
-    return ~lowest_k(flat, k)
 
 
 # --- schedules: how sparse at each step ---------------------------------------------

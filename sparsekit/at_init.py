@@ -1,0 +1,230 @@
+"""Pruning at initialization: score once (or a few times) before training, then train.
+
+SNIP (Lee et al. 2019), GraSP (Wang et al. 2020) and SynFlow (Tanaka et al. 2020) all
+follow the book's pipeline with the training step moved to the end::
+
+    fresh model -> score (sparsekit.scores) -> select (global top-k) -> mask -> train
+
+:func:`prune_at_init` runs that for any of the five criteria, one-shot or iteratively.
+Iterating matters for SynFlow: Tanaka et al. prune in 100 rounds on an exponential
+schedule, re-scoring the masked network each round, so that a layer whose weights are
+nearly gone gets *larger* scores (the flow through it concentrates on fewer weights)
+and is never emptied. A layer that is emptied disconnects the network (*layer
+collapse*): :func:`layer_collapse` detects it and :func:`critical_compression` says at
+which compression one-shot global pruning with given scores first causes it.
+:func:`shuffle_masks` is the sanity check of Frankle et al. 2021.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import scores as _scores
+from .masking import get_masks, prunable_weights
+from .select import _check_sparsity, select_masks
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+METHODS: tuple[str, ...] = ("random", "magnitude", "snip", "grasp", "synflow")
+"""The criteria :func:`prune_at_init` knows."""
+
+DEFAULT_ROUNDS: dict[str, int] = {"synflow": 100}
+"""Rounds used when ``rounds`` is not given (Tanaka et al. 2020 use 100); others: 1."""
+
+
+def compression_to_sparsity(compression: float) -> float:
+    """Sparsity ``1 - 1/c`` for compression ratio ``c = total / kept`` (``c >= 1``).
+
+    Tanaka et al. 2020 plot against ``c`` on a log scale: ``10**3`` keeps 0.1 %.
+    """
+    if isinstance(compression, bool) or not isinstance(compression, (int, float)):
+        raise TypeError(f"compression must be a number >= 1, got {type(compression).__name__}")
+    if math.isnan(compression) or not 1.0 <= compression < math.inf:
+        raise ValueError(f"compression must be a finite number >= 1, got {compression!r}")
+    return 1.0 - 1.0 / compression
+
+
+def exponential_schedule(sparsity: float, rounds: int, initial_sparsity: float = 0.0) -> list[float]:
+    """Sparsity after each of ``rounds`` rounds, the *density* shrinking geometrically.
+
+    Round ``k`` (1-based) keeps ``d_0 * (d / d_0) ** (k / rounds)`` of the weights, with
+    ``d = 1 - sparsity`` and ``d_0 = 1 - initial_sparsity`` (Tanaka et al. 2020,
+    Algorithm 1): every round prunes the same *fraction of what is left*.
+    """
+    sparsity = _check_sparsity(sparsity)
+    initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    if initial_sparsity > sparsity:
+        raise ValueError(f"initial_sparsity={initial_sparsity} exceeds the target sparsity={sparsity}")
+    d0, d = 1.0 - initial_sparsity, 1.0 - sparsity
+    out = [1.0 - d0 * (d / d0) ** (k / rounds) for k in range(1, rounds + 1)]
+    out[-1] = sparsity  # exact at the end, whatever the rounding
+    return out
+
+
+def score(model: nn.Module, method: str, *, inputs: Tensor | None = None, targets: Tensor | None = None,
+          seed: int = 0, loss_fn: LossFn = F.cross_entropy,
+          masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The scores of ``method`` for ``model`` (see :mod:`sparsekit.scores`).
+
+    ``"random"`` uses ``seed``; ``"magnitude"`` needs nothing; ``"snip"`` and ``"grasp"``
+    need a labelled batch; ``"synflow"`` only uses ``inputs`` for its shape. ``masks``:
+    score as if these masks were applied too (the model is not touched); entries they
+    prune score 0 for magnitude, SNIP and SynFlow.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "random":
+        return _scores.random(model, seed)
+    if method == "magnitude":
+        s = _scores.magnitude(model)
+        for name, m in _scores._check_extra_masks(model, masks).items():
+            s[name] = s[name].masked_fill(~m.to(s[name].device), 0.0)
+        return s
+    if inputs is None:
+        raise ValueError(f"method={method!r} needs inputs (a batch, or an example for 'synflow')")
+    if method == "synflow":
+        return _scores.synflow(model, inputs, masks=masks)
+    if targets is None:
+        raise ValueError(f"method={method!r} needs targets for its batch of inputs")
+    fn = _scores.snip if method == "snip" else _scores.grasp
+    return fn(model, inputs, targets, loss_fn, masks=masks)
+
+
+def prune_at_init(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    *,
+    inputs: Tensor | None = None,
+    targets: Tensor | None = None,
+    rounds: int | None = None,
+    scope: str = "global",
+    seed: int = 0,
+    loss_fn: LossFn = F.cross_entropy,
+) -> dict[str, Tensor]:
+    """Masks reaching ``sparsity`` chosen by ``method`` before any training.
+
+    Args:
+        model: left unchanged (each round scores it under the masks chosen so far).
+            Masks it already carries are kept and count toward ``sparsity``.
+        method: one of :data:`METHODS`.
+        sparsity: total fraction pruned afterwards, in ``[0, 1)``
+            (use :func:`compression_to_sparsity` for a compression ratio).
+        inputs, targets: a batch for SNIP / GraSP; SynFlow uses ``inputs`` only for
+            its shape.
+        rounds: prune in this many rounds on :func:`exponential_schedule`, re-scoring
+            the masked network each round. Default: 100 for SynFlow (Tanaka et al.
+            2020's iterative SynFlow), 1 (one-shot) otherwise.
+        scope: ``"global"`` (one ranking over all layers, as in all three papers) or
+            ``"layer"``.
+
+    Returns:
+        ``{plain weight name: bool mask}`` for every prunable weight.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    sparsity = _check_sparsity(sparsity)
+    if rounds is None:
+        rounds = DEFAULT_ROUNDS.get(method, 1)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+
+    current: dict[str, Tensor] | None = get_masks(model) or None
+    start = 0.0
+    if current is not None:
+        total = sum(w.numel() for w in prunable_weights(model).values())
+        start = sum(int((~m).sum()) for m in current.values()) / total
+    for target in exponential_schedule(sparsity, rounds, min(start, sparsity)):
+        s = score(model, method, inputs=inputs, targets=targets, seed=seed, loss_fn=loss_fn, masks=current)
+        current = select_masks(s, target, scope, current=current)
+    assert current is not None  # at least one round ran
+    return current
+
+
+def remaining_fraction(masks: Mapping[str, Tensor]) -> dict[str, float]:
+    """``{name: fraction of entries kept}`` for each mask."""
+    _check_mask_dict(masks)
+    return {name: float(m.float().mean()) for name, m in masks.items()}
+
+
+def collapsed_layers(masks: Mapping[str, Tensor]) -> list[str]:
+    """Names of the masks that keep nothing: layers that are fully pruned."""
+    _check_mask_dict(masks)
+    return [name for name, m in masks.items() if not bool(m.any())]
+
+
+def layer_collapse(masks: Mapping[str, Tensor]) -> bool:
+    """Whether some layer is fully pruned, which disconnects input from output.
+
+    In a feed-forward network every path from input to output crosses every layer, so
+    an empty layer leaves the output independent of the input: accuracy falls to
+    chance (Tanaka et al. 2020, Section 3). Residual networks can route around an
+    empty block, but an empty first or last layer still disconnects them.
+    """
+    return bool(collapsed_layers(masks))
+
+
+def critical_compression(scores: Mapping[str, Tensor]) -> float:
+    """The largest compression ``total / kept`` at which global top-k on ``scores``
+    still keeps at least one entry in every layer.
+
+    Keeping the ``k`` largest scores empties layer ``l`` exactly when ``k`` is smaller
+    than the global rank ``r_l`` of that layer's best score, so the answer is
+    ``total / max_l r_l``. Ties with a layer's best score count against it (it may lose
+    them), so this is a safe lower bound when scores tie.
+    """
+    _check_float_dict(scores)
+    flat = torch.cat([s.detach().flatten().double() for s in scores.values()])
+    ranks = [int((flat >= s.detach().double().max()).sum()) for s in scores.values()]
+    return flat.numel() / max(ranks)
+
+
+def shuffle_masks(masks: Mapping[str, Tensor], seed: int = 0) -> dict[str, Tensor]:
+    """Each mask randomly permuted within its layer: same per-layer sparsity, new positions.
+
+    Frankle et al. 2021 (Section 5) find that SNIP, GraSP and SynFlow masks can be
+    shuffled this way without hurting accuracy after training: what these methods
+    choose is mostly *how much* of each layer to keep, not *which* weights.
+    """
+    _check_mask_dict(masks)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, m in masks.items():
+        perm = torch.randperm(m.numel(), generator=gen).to(m.device)
+        out[name] = m.flatten()[perm].view(m.shape).clone()
+    return out
+
+
+def _check_mask_dict(masks: Mapping[str, Tensor]) -> None:
+    if not isinstance(masks, Mapping) or not masks:
+        raise ValueError("masks must be a non-empty mapping name -> bool tensor")
+    for name, m in masks.items():
+        if not isinstance(m, Tensor) or m.dtype != torch.bool:
+            got = m.dtype if isinstance(m, Tensor) else type(m).__name__
+            raise TypeError(f"masks[{name!r}] must be a bool tensor, got {got}")
+        if m.numel() == 0:
+            raise ValueError(f"masks[{name!r}] is empty")
+
+
+def _check_float_dict(scores: Mapping[str, Tensor]) -> None:
+    if not isinstance(scores, Mapping) or not scores:
+        raise ValueError("scores must be a non-empty mapping name -> float tensor")
+    for name, s in scores.items():
+        if not isinstance(s, Tensor) or not s.is_floating_point():
+            got = s.dtype if isinstance(s, Tensor) else type(s).__name__
+            raise TypeError(f"scores[{name!r}] must be a float tensor, got {got}")
+        if s.numel() == 0 or torch.isnan(s).any():
+            raise ValueError(f"scores[{name!r}] must be non-empty and free of NaN")

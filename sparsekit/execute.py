@@ -1,0 +1,345 @@
+"""Running sparse weights: CSR / BSR layouts, sparse linear layers, and choosing a layout.
+
+A mask makes a weight *sparse* but not *fast*: a masked ``nn.Linear`` still multiplies by
+every zero. To skip the zeros the weight must be stored in a sparse layout and multiplied
+by a sparse kernel (``torch.sparse``):
+
+* **CSR** (compressed sparse row): the nonzero values, their column indices, and one
+  pointer per row. Any pattern; one index per nonzero; irregular memory access.
+* **BSR** (block sparse row): CSR over ``b x b`` blocks; a kept block is stored dense.
+  Needs block-structured zeros, but the kernel does small dense GEMMs and runs close
+  to dense speed per stored value.
+
+A sparse kernel does less arithmetic but far more bookkeeping per multiply-add, so it
+only wins above a *crossover sparsity*. On this book's 2-core AVX-512 CPU
+(torch 2.13, MKL, a ``[4096 x 4096]`` weight times ``[4096 x 256]`` input) we measured
+the crossover at about 90 % for CSR and about 70 % (zero-block fraction) for 32 x 32 BSR
+(chapter 1 re-measures it; ``benchmarks/bench_execute.py`` records the ratios). The
+``"auto"`` layout encodes exactly that rule (see :func:`choose_layout`). Gale et al. 2020
+and Hoefler et al. 2021 (section 7) discuss the same gap on GPUs.
+
+Layers built here are for *inference*: their weights are buffers, not parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bench import Timing
+from .masking import get_masks
+
+LAYOUTS = ("auto", "dense", "csr", "bsr")
+"""Accepted ``layout`` arguments."""
+
+CSR_MIN_SPARSITY = 0.90
+"""``"auto"`` uses CSR at or above this fraction of zeros (the measured CSR crossover)."""
+
+BSR_MIN_BLOCK_SPARSITY = 0.70
+"""``"auto"`` uses BSR at or above this fraction of all-zero blocks (the measured BSR crossover)."""
+
+BSR_BLOCKSIZE = (32, 32)
+"""Default BSR block shape (rows, columns)."""
+
+AUTO_MIN_NUMEL = 1 << 18
+"""``"auto"`` keeps weights with fewer entries than this dense: for a ``256 x 256`` layer
+the whole product takes microseconds and the sparse kernel's fixed overhead dominates."""
+
+
+def _check_layout(layout: str, allowed: Sequence[str] = LAYOUTS) -> str:
+    if not isinstance(layout, str) or layout not in allowed:
+        raise ValueError(f"layout must be one of {', '.join(map(repr, allowed))}; got {layout!r}")
+    return layout
+
+
+def _check_blocksize(blocksize: Sequence[int]) -> tuple[int, int]:
+    if (not isinstance(blocksize, (tuple, list)) or len(blocksize) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocksize)):
+        raise ValueError(f"blocksize must be two positive ints (rows, cols), got {blocksize!r}")
+    return int(blocksize[0]), int(blocksize[1])
+
+
+def _check_weight(weight: Tensor) -> Tensor:
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a Tensor, got {type(weight).__name__}")
+    if weight.dim() != 2 or weight.layout != torch.strided:
+        raise ValueError(f"weight must be a dense 2-D tensor, got {weight.dim()}-D {weight.layout}")
+    return weight
+
+
+def block_sparsity(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE) -> float:
+    """Fraction of ``blocksize`` tiles of a 2-D ``weight`` that are entirely zero.
+
+    The shape must be divisible by ``blocksize`` (``ValueError`` otherwise). Random
+    unstructured sparsity ``s`` leaves almost no empty ``32 x 32`` block (``s ** 1024``).
+    """
+    r, c = _check_blocksize(blocksize)
+    w = _check_weight(weight)
+    rows, cols = w.shape
+    if rows % r or cols % c:
+        raise ValueError(f"weight shape {tuple(w.shape)} is not divisible by blocksize {(r, c)}")
+    nonzero_blocks = (w != 0).reshape(rows // r, r, cols // c, c).any(dim=3).any(dim=1)
+    return 1.0 - int(nonzero_blocks.sum()) / nonzero_blocks.numel()
+
+
+def choose_layout(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
+                  csr_min_sparsity: float = CSR_MIN_SPARSITY,
+                  bsr_min_block_sparsity: float = BSR_MIN_BLOCK_SPARSITY,
+                  min_numel: int = AUTO_MIN_NUMEL) -> str:
+    """The layout ``"auto"`` picks for ``weight``: ``"bsr"``, ``"csr"`` or ``"dense"``.
+
+    The rule, from measured crossovers (module docstring), in order:
+
+    1. fewer than ``min_numel`` entries -> ``"dense"`` (fixed overheads dominate);
+    2. shape divisible by ``blocksize`` and at least ``bsr_min_block_sparsity`` of the
+       blocks all zero -> ``"bsr"``;
+    3. at least ``csr_min_sparsity`` of the entries zero -> ``"csr"``;
+    4. otherwise ``"dense"``: below the crossover a sparse kernel is *slower* than dense.
+    """
+    w = _check_weight(weight)
+    r, c = _check_blocksize(blocksize)
+    if w.numel() < min_numel:
+        return "dense"
+    if w.shape[0] % r == 0 and w.shape[1] % c == 0:
+        blocks = w.numel() // (r * c)
+        # counts, not float means: a mask of exactly round(0.9 * n) zeros counts as 90 %
+        if block_sparsity(w, (r, c)) * blocks + 0.5 >= bsr_min_block_sparsity * blocks:
+            return "bsr"
+    zeros = int((w == 0).sum())
+    return "csr" if zeros + 0.5 >= csr_min_sparsity * w.numel() else "dense"
+
+
+def to_layout(weight: Tensor, layout: str, blocksize: Sequence[int] = BSR_BLOCKSIZE) -> Tensor:
+    """``weight`` (2-D, dense) stored as ``"dense"``, ``"csr"`` or ``"bsr"`` (``"auto"``: :func:`choose_layout`)."""
+    _check_layout(layout)
+    w = _check_weight(weight).detach()
+    r, c = _check_blocksize(blocksize)
+    if layout == "auto":
+        layout = choose_layout(w, (r, c))
+    if layout == "dense":
+        return w.clone().contiguous()
+    if layout == "csr":
+        return w.to_sparse_csr()
+    if w.shape[0] % r or w.shape[1] % c:
+        raise ValueError(f"layout 'bsr' needs the weight shape {tuple(w.shape)} divisible by blocksize {(r, c)}")
+    return w.to_sparse_bsr((r, c))
+
+
+def sparse_matmul(weight: Tensor, x: Tensor) -> Tensor:
+    """``x @ weight.T`` for a 2-D ``weight`` in any layout and ``x`` of shape ``[..., in]``.
+
+    A sparse ``weight`` ``[out, in]`` multiplies the contiguous ``[in, N]`` transpose of
+    the flattened input (the orientation MKL's sparse kernels are fast at), and the
+    ``[out, N]`` result is transposed back.
+    """
+    if weight.layout == torch.strided:
+        return F.linear(x, weight)
+    out_features, in_features = weight.shape
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, in_features)
+    if flat.shape[0] == 0:
+        return x.new_zeros(*lead, out_features)
+    y = torch.sparse.mm(weight, flat.T.contiguous()).T
+    return y.reshape(*lead, out_features)
+
+
+class SparseLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` stored dense, CSR or BSR (inference only: ``W`` is buffers).
+
+    A sparse ``W`` is kept as its component arrays (``values``, ``col_indices``,
+    ``crow_indices``, plain buffers), so ``state_dict``, ``.to(device)`` and
+    ``copy.deepcopy`` work as for any module; :attr:`weight` reassembles the sparse
+    tensor (no copy). Accepts inputs of any leading shape ``[..., in_features]``.
+    """
+
+    bias: Tensor | None
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, layout: str = "auto",
+                 blocksize: Sequence[int] = BSR_BLOCKSIZE) -> None:
+        super().__init__()
+        w = _check_weight(weight).detach()
+        self.out_features, self.in_features = w.shape
+        if layout == "auto":
+            layout = choose_layout(w, blocksize)
+        self.layout = _check_layout(layout, LAYOUTS[1:])
+        self.nonzeros = int((w != 0).sum())
+        stored = to_layout(w, layout, blocksize)
+        if layout == "dense":
+            self.register_buffer("dense", stored)
+        else:
+            self.register_buffer("values", stored.values())
+            self.register_buffer("col_indices", stored.col_indices())
+            self.register_buffer("crow_indices", stored.crow_indices())
+        if bias is not None:
+            if bias.shape != (self.out_features,):
+                raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+            bias = bias.detach().clone()
+        self.register_buffer("bias", bias)
+
+    @property
+    def weight(self) -> Tensor:
+        """The weight in its layout (a strided, ``sparse_csr`` or ``sparse_bsr`` tensor)."""
+        if self.layout == "dense":
+            return self.dense
+        build = torch.sparse_csr_tensor if self.layout == "csr" else torch.sparse_bsr_tensor
+        return build(self.crow_indices, self.col_indices, self.values,
+                     size=(self.out_features, self.in_features), check_invariants=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
+        y = sparse_matmul(self.weight, x)
+        return y if self.bias is None else y + self.bias
+
+    def dense_weight(self) -> Tensor:
+        """The weight as a dense tensor (for checks)."""
+        return self.weight if self.layout == "dense" else self.weight.to_dense()
+
+    def extra_repr(self) -> str:
+        total = self.in_features * self.out_features
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"layout={self.layout!r}, nonzeros={self.nonzeros}/{total}")
+
+
+def sparse_linear(linear: nn.Linear, layout: str = "auto",
+                  blocksize: Sequence[int] = BSR_BLOCKSIZE) -> SparseLinear:
+    """A :class:`SparseLinear` computing the same function as ``linear`` (masks applied).
+
+    Args:
+        linear: an ``nn.Linear``, masked or not; its *effective* weight is used, so a
+            masked layer's zeros become the sparse pattern.
+        layout: ``"dense"``, ``"csr"``, ``"bsr"``, or ``"auto"`` (:func:`choose_layout`:
+            the fastest measured choice for this weight's sparsity and block structure).
+        blocksize: BSR block shape; the weight shape must be divisible by it for ``"bsr"``.
+    """
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+    _check_layout(layout)
+    _check_blocksize(blocksize)
+    return SparseLinear(linear.weight.detach(), linear.bias, layout, blocksize)
+
+
+def to_sparse(model: nn.Module, layout: str = "auto", blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
+              masked_only: bool = True) -> nn.Module:
+    """A copy of ``model`` with every masked ``nn.Linear`` replaced by :func:`sparse_linear`.
+
+    The original model is left untouched. With ``masked_only=False`` every Linear is
+    converted (``"auto"`` still keeps dense weights dense). Conv layers are not converted.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_layout(layout)
+    _check_blocksize(blocksize)
+    masked = {"" if name == "weight" else name.removesuffix(".weight") for name in get_masks(model)}
+    new = copy.deepcopy(model)
+    if isinstance(new, nn.Linear):
+        return sparse_linear(new, layout, blocksize) if ("" in masked or not masked_only) else new
+    targets = [name for name, m in new.named_modules()
+               if isinstance(m, nn.Linear) and name and (name in masked or not masked_only)]
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = new.get_submodule(parent_name)
+        setattr(parent, child, sparse_linear(getattr(parent, child), layout, blocksize))
+    return new
+
+
+def layouts(model: nn.Module) -> dict[str, str]:
+    """``{module name: layout}`` of every :class:`SparseLinear` in ``model``."""
+    return {name: m.layout for name, m in model.named_modules() if isinstance(m, SparseLinear)}
+
+
+# --- measuring ----------------------------------------------------------------------
+
+
+def layout_bytes(t: Tensor) -> int:
+    """Bytes a tensor actually occupies: values plus index arrays for CSR / BSR."""
+    if t.layout == torch.strided:
+        return t.numel() * t.element_size()
+    if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+        parts = (t.values(), t.col_indices(), t.crow_indices())
+        return sum(p.numel() * p.element_size() for p in parts)
+    raise ValueError(f"layout_bytes supports strided, sparse_csr and sparse_bsr tensors, got {t.layout}")
+
+
+def unstructured_mask(shape: Sequence[int], sparsity: float, seed: int = 0) -> Tensor:
+    """A random bool mask with exactly ``round(sparsity * numel)`` False entries."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    n = math.prod(shape)
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=gen)[: round(sparsity * n)]] = False
+    return mask.view(*shape)
+
+
+def block_mask(shape: Sequence[int], sparsity: float, blocksize: Sequence[int] = BSR_BLOCKSIZE,
+               seed: int = 0) -> Tensor:
+    """A random bool mask made of whole ``blocksize`` tiles, ``round(sparsity * blocks)`` of them False."""
+    r, c = _check_blocksize(blocksize)
+    rows, cols = shape
+    if rows % r or cols % c:
+        raise ValueError(f"shape {tuple(shape)} is not divisible by blocksize {(r, c)}")
+    tiles = unstructured_mask((rows // r, cols // c), sparsity, seed)
+    return tiles.repeat_interleave(r, 0).repeat_interleave(c, 1)
+
+
+def compare_layouts(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 5) -> dict[str, Timing]:
+    """Median wall time of each function, with the repeats *interleaved* round-robin.
+
+    Interleaving (dense, csr, bsr, dense, csr, ...) exposes every candidate to the same
+    background load, so the *ratios* stay meaningful on a busy machine even when the
+    absolute times drift.
+    """
+    if not fns or warmup < 0 or repeats < 1:
+        raise ValueError(f"need functions, warmup >= 0 and repeats >= 1; got {len(fns)}, {warmup}, {repeats}")
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(repeats):
+            for key, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    out = {}
+    for key, ts in times.items():
+        t = torch.tensor(ts, dtype=torch.float64)
+        q = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+        out[key] = Timing(median=q[1], q1=q[0], q3=q[2], repeats=len(ts))
+    return out
+
+
+def crossover(sparsities: Sequence[float], dense_times: Sequence[float] | float,
+              sparse_times: Sequence[float]) -> float | None:
+    """Sparsity above which the sparse kernel beats dense, from a measured sweep.
+
+    The ratio ``sparse / dense`` is interpolated linearly in ``log(ratio)`` between the
+    last grid point where sparse was slower and the first point of the final run where
+    it is faster. Returns the first grid point if sparse already wins there, and
+    ``None`` if it never wins on the grid.
+    """
+    s = [float(v) for v in sparsities]
+    if len(s) == 0 or len(sparse_times) != len(s) or any(b <= a for a, b in zip(s, s[1:])):
+        raise ValueError("sparsities must be increasing and as long as sparse_times")
+    dense = [float(dense_times)] * len(s) if isinstance(dense_times, (int, float)) else list(dense_times)
+    if len(dense) != len(s):
+        raise ValueError(f"dense_times must be a number or {len(s)} numbers, got {len(dense)}")
+    if any(t <= 0 for t in [*dense, *sparse_times]):
+        raise ValueError("times must be positive")
+    logr = [math.log(st / dt) for st, dt in zip(sparse_times, dense)]
+    if logr[-1] >= 0:
+        return None
+    i = len(s) - 1
+    while i > 0 and logr[i - 1] < 0:
+        i -= 1
+    if i == 0:
+        return s[0]
+    a, b = logr[i - 1], logr[i]  # a >= 0 > b
+    return s[i - 1] + (s[i] - s[i - 1]) * a / (a - b)

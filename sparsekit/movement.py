@@ -1,0 +1,421 @@
+"""Movement pruning (Sanh, Wolf & Rush 2020): prune by how weights *move* while fine-tuning.
+
+Magnitude pruning keeps the weights that are large; it is a *zeroth-order* criterion and
+in transfer learning it mostly reflects what **pre-training** made large. Movement
+pruning is *first-order*: it keeps the weights that fine-tuning pushes **away from zero**.
+Each pruned matrix ``W`` gets a score matrix ``S`` of the same shape and the layer
+computes with ``W' = W ⊙ M(S)``. With the straight-through estimator (Bengio et al.
+2013) the gradient of the loss reaches the scores as
+
+    dL/dS_ij = dL/dW'_ij · W_ij                                   (Sanh et al. 2020, Eq. 2)
+
+so plain gradient descent with step ``α`` accumulates the *movement score*
+
+    S_ij  <-  S_ij - α · dL/dW'_ij · W_ij                          (Eq. 3)
+
+which is large when ``W_ij`` is positive and its gradient negative (it grows) or negative
+with a positive gradient (it grows in magnitude): the weight moves away from zero.
+
+Three masks ``M(S)`` and one baseline, all under the cubic schedule of Zhu & Gupta 2017:
+
+* **hard movement**: keep the top-``v`` % of ``S`` in each matrix (``update_hard``);
+* **soft movement**: keep where ``σ(S) > τ`` and add ``λ · mean σ(S)`` to the loss
+  (``soft_penalty``); one threshold for all matrices, so each layer ends at its own
+  sparsity (``update_soft``);
+* **magnitude** (and **random**) pruning with the common ``sk.select_masks`` /
+  ``sk.apply_masks`` pipeline, the baselines.
+
+The scores live in :class:`ScoreMask`, a subclass of the common
+:class:`~sparsekit.masking.WeightMask` parametrization, so ``sk.get_masks``,
+``sk.sparsity`` and ``sk.remove_masks`` work during training; :func:`finalize` swaps the
+scores for a plain boolean mask at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader
+
+from . import scores as _scores
+from .masking import (
+    WeightMask,
+    _detach_injected_class,
+    _prunable_modules,
+    _weight_name,
+    apply_masks,
+    prunable_weights,
+)
+from .select import _check_sparsity, cubic_sparsity, lowest_k, select_masks
+from .train import History, train
+
+METHODS = ("magnitude", "random", "movement", "soft_movement")
+"""Methods understood by :func:`prune_finetune`."""
+
+
+# --- 1. the movement score, by hand ------------------------------------------------
+
+
+def accumulate_movement(scores: Mapping[str, Tensor] | None, model: nn.Module, alpha: float = 1.0,
+                        names: Iterable[str] | None = None) -> dict[str, Tensor]:
+    """One step of Eq. (3): ``S <- S - α · (dL/dW) ⊙ W`` from the gradients now in ``model``.
+
+    Call it after ``loss.backward()`` (before ``optimizer.step()``) on a model whose
+    weights are *not* masked, to watch movement scores build up during dense fine-tuning.
+    ``scores=None`` starts from zeros. Returns a new dict; ``model`` is not changed.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    weights = prunable_weights(model)
+    chosen = _check_names(weights, names)
+    if scores is not None and not isinstance(scores, Mapping):
+        raise TypeError(f"scores must be a mapping name -> tensor or None, got {type(scores).__name__}")
+    out: dict[str, Tensor] = {}
+    for name in chosen:
+        w = weights[name]
+        if w.grad is None:
+            raise ValueError(f"weight {name!r} has no gradient: call loss.backward() first")
+        old = torch.zeros_like(w, dtype=torch.float32) if scores is None else scores[name]
+        if tuple(old.shape) != tuple(w.shape):
+            raise ValueError(f"scores[{name!r}] has shape {tuple(old.shape)}, the weight has {tuple(w.shape)}")
+        out[name] = old - alpha * (w.grad * w).detach().float()
+    return out
+
+
+def _check_names(weights: Mapping[str, Tensor], names: Iterable[str] | None) -> list[str]:
+    if names is None:
+        return list(weights)
+    if isinstance(names, str):
+        raise TypeError(f"names must be an iterable of weight names, got the string {names!r}")
+    chosen = list(names)
+    unknown = [n for n in chosen if n not in weights]
+    if unknown:
+        raise ValueError(f"names has unknown weight names {unknown}; allowed: {', '.join(weights)}")
+    if not chosen:
+        raise ValueError("names is empty: choose at least one weight to prune")
+    return chosen
+
+
+# --- 2. learned scores with a straight-through mask -------------------------------------
+
+
+class ScoreMask(WeightMask):
+    """Parametrization ``W -> W ⊙ M`` with learnable scores ``S`` and a straight-through gradient.
+
+    ``mask`` (a bool buffer, as in :class:`WeightMask`) is recomputed from ``scores`` by
+    :func:`update_hard` / :func:`update_soft` after every optimizer step. The forward value
+    is exactly ``W ⊙ M``; the backward pass treats ``M`` as if it were ``S``'s identity, so
+    ``dL/dS = dL/dW' ⊙ W`` (Eq. 2) reaches *every* score, kept or pruned, and a pruned
+    weight can come back when its score rises again. ``dL/dW = dL/dW' ⊙ M`` as usual.
+    """
+
+    def __init__(self, shape: Sequence[int], init: float = 0.0) -> None:
+        super().__init__(torch.ones(tuple(shape), dtype=torch.bool))
+        self.scores = nn.Parameter(torch.full(tuple(shape), float(init)))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        ste = self.scores - self.scores.detach()  # value exactly 0, gradient 1 w.r.t. scores
+        return weight.masked_fill(~self.mask, 0.0) + weight * ste
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, learned scores"
+
+
+def _score_masks(model: nn.Module) -> dict[str, ScoreMask]:
+    found: dict[str, ScoreMask] = {}
+    for name, module in _prunable_modules(model).items():
+        if parametrize.is_parametrized(module, "weight"):
+            for p in module.parametrizations["weight"]:
+                if isinstance(p, ScoreMask):
+                    found[_weight_name(name)] = p
+    return found
+
+
+def attach_scores(model: nn.Module, names: Iterable[str] | None = None, init: float = 0.0) -> dict[str, nn.Parameter]:
+    """Give each chosen weight a :class:`ScoreMask` (scores ``init``, nothing pruned yet).
+
+    ``names`` defaults to every prunable weight (:func:`sparsekit.prunable_weights`);
+    the chapter prunes the Linear layers inside the Transformer blocks. Weights that are
+    already masked are refused. Returns ``{weight name: score parameter}``; create the
+    optimizer *after* this call so that it sees the scores (see :func:`param_groups`).
+    """
+    if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
+        raise ValueError(f"init must be a finite number, got {init!r}")
+    modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
+    chosen = _check_names(prunable_weights(model), names)
+    for name in chosen:
+        if parametrize.is_parametrized(modules[name], "weight"):
+            raise ValueError(f"weight {name!r} is already masked; attach scores to an unmasked model")
+    out: dict[str, nn.Parameter] = {}
+    for name in chosen:
+        module = modules[name]
+        w = module.weight
+        sm = ScoreMask(w.shape, init).to(w.device)
+        parametrize.register_parametrization(module, "weight", sm, unsafe=True)
+        out[name] = sm.scores
+    return out
+
+
+def score_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{weight name: score parameter}`` of every :class:`ScoreMask` in ``model``."""
+    return {name: sm.scores for name, sm in _score_masks(model).items()}
+
+
+def param_groups(model: nn.Module, lr: float, score_lr: float) -> list[dict]:
+    """Optimizer groups: the model's own parameters at ``lr``, the scores at ``score_lr``.
+
+    Sanh et al. fine-tune BERT at ``lr = 3e-5`` and learn scores at ``1e-2``: the scores
+    must move much faster than the weights to settle within a short fine-tuning run.
+    """
+    scores = {id(p) for p in score_parameters(model).values()}
+    own = [p for p in model.parameters() if id(p) not in scores]
+    return [{"params": own, "lr": lr}, {"params": list(score_parameters(model).values()), "lr": score_lr}]
+
+
+@torch.no_grad()
+def update_hard(model: nn.Module, sparsity: float) -> None:
+    """Hard movement: in each matrix keep exactly the ``round((1 - sparsity) · n)`` largest scores.
+
+    Ties are broken as in :func:`sparsekit.select_masks` (the lower flat index is pruned first).
+    """
+    _hard(_require_scores(model), _check_sparsity(sparsity))
+
+
+@torch.no_grad()
+def _hard(sms: Mapping[str, ScoreMask], sparsity: float) -> None:
+    for sm in sms.values():
+        flat = sm.scores.detach().flatten()
+        k = round(sparsity * flat.numel())
+        sm.mask.copy_(~lowest_k(flat, k).view_as(sm.mask))
+
+
+@torch.no_grad()
+def update_soft(model: nn.Module, *, tau: float | None = None, sparsity: float | None = None) -> float:
+    """Soft movement: keep where ``σ(S) > τ``, with one ``τ`` shared by all matrices.
+
+    Give exactly one of:
+
+    * ``tau`` in (0, 1): Sanh et al.'s rule with a fixed threshold; the L1 penalty
+      ``λ · mean σ(S)`` (:func:`soft_penalty`) then decides how much ends up pruned;
+    * ``sparsity`` in [0, 1): ``τ`` is chosen at each call as the global quantile of
+      ``σ(S)`` that prunes exactly ``round(sparsity · N)`` entries over all matrices
+      together (ties as in :func:`sparsekit.select_masks`), so a schedule can be followed.
+
+    Either way layers end at different sparsities. Returns the ``τ`` used (for the
+    quantile rule: the largest pruned ``σ(S)``, or 0 when nothing is pruned).
+    """
+    if (tau is None) == (sparsity is None):
+        raise ValueError("give exactly one of tau or sparsity")
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < tau < 1.0):
+        raise ValueError(f"tau must be a threshold in (0, 1), got {tau!r}")
+    return _soft(_require_scores(model), tau, sparsity)
+
+
+@torch.no_grad()
+def _soft(sms: Mapping[str, ScoreMask], tau: float | None, sparsity: float | None) -> float:
+    if tau is not None:
+        for sm in sms.values():
+            sm.mask.copy_(torch.sigmoid(sm.scores.detach()) > tau)
+        return float(tau)
+    masks = select_masks({n: sm.scores.detach() for n, sm in sms.items()}, float(sparsity), scope="global")
+    pruned_max = 0.0
+    for name, sm in sms.items():
+        sm.mask.copy_(masks[name])
+        dropped = sm.scores.detach()[~masks[name]]
+        if dropped.numel():
+            pruned_max = max(pruned_max, float(torch.sigmoid(dropped.max())))
+    return pruned_max
+
+
+def soft_penalty(model: nn.Module) -> Tensor:
+    """``mean σ(S)`` over every score of every :class:`ScoreMask` (Sanh et al. 2020, Sec. 4).
+
+    Multiplied by ``λ`` and added to the loss it pulls all scores down, so only the
+    weights whose movement keeps their scores up survive the threshold ``τ``.
+    """
+    return _penalty(_require_scores(model))
+
+
+def _penalty(sms: Mapping[str, ScoreMask]) -> Tensor:
+    total = sum(torch.sigmoid(sm.scores).sum() for sm in sms.values())
+    count = sum(sm.scores.numel() for sm in sms.values())
+    return total / count
+
+
+def _require_scores(model: nn.Module) -> dict[str, ScoreMask]:
+    sms = _score_masks(model)
+    if not sms:
+        raise ValueError(f"{type(model).__name__} has no ScoreMask: call attach_scores(model) first")
+    return sms
+
+
+def finalize(model: nn.Module) -> dict[str, Tensor]:
+    """Replace every :class:`ScoreMask` by a plain boolean ``WeightMask`` (scores dropped).
+
+    Afterwards the model is in the common pipeline state: ``sk.get_masks`` returns the
+    final masks, ``sk.remove_masks`` bakes zeros in, ``state_dict`` has no scores.
+    Returns the masks.
+    """
+    masks: dict[str, Tensor] = {}
+    modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
+    for name, sm in _require_scores(model).items():
+        masks[name] = sm.mask.detach().clone()
+        module = modules[name]
+        _detach_injected_class(module)  # deep copies must not share the injected class
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+    apply_masks(model, masks)
+    return masks
+
+
+# --- 3. one driver for all methods -------------------------------------------------------
+
+
+@dataclass
+class Schedule:
+    """Cubic sparsity schedule over ``steps`` iterations (Zhu & Gupta 2017, Eq. 1).
+
+    Dense for the first ``warmup`` fraction, then cubic up to ``final_sparsity`` at the
+    ``1 - cooldown`` fraction, then held (Sanh et al. use the same warm-up / cool-down).
+    """
+
+    final_sparsity: float
+    steps: int
+    warmup: float = 0.1
+    cooldown: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check_sparsity(self.final_sparsity, "final_sparsity")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
+            raise ValueError(f"steps must be an int >= 2, got {self.steps!r}")
+        if not (0.0 <= self.warmup and 0.0 <= self.cooldown and self.warmup + self.cooldown < 1.0):
+            raise ValueError(f"need warmup, cooldown >= 0 with warmup + cooldown < 1, got {self.warmup}, {self.cooldown}")
+        begin, end = self.begin_step, self.end_step
+        if end <= begin:
+            raise ValueError(f"steps={self.steps} too few for warmup={self.warmup}, cooldown={self.cooldown}")
+
+    @property
+    def begin_step(self) -> int:
+        return int(round(self.warmup * self.steps))
+
+    @property
+    def end_step(self) -> int:
+        return int(round((1.0 - self.cooldown) * self.steps))
+
+    def __call__(self, step: int) -> float:
+        return cubic_sparsity(step, self.final_sparsity, begin_step=self.begin_step, end_step=self.end_step)
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_finetune` returns: the training history, the final masks and
+    the sparsity actually reached over the pruned weights."""
+
+    history: History
+    masks: dict[str, Tensor]
+    sparsity: float
+    method: str
+
+
+def prune_finetune(
+    model: nn.Module,
+    train_loader: DataLoader,
+    *,
+    method: str,
+    final_sparsity: float,
+    steps: int,
+    names: Iterable[str] | None = None,
+    lr: float = 1e-3,
+    score_lr: float = 1e-2,
+    lam: float = 0.0,
+    tau: float | None = None,
+    warmup: float = 0.1,
+    cooldown: float = 0.3,
+    prune_every: int = 1,
+    seed: int = 0,
+    val_loader: DataLoader | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> PruneResult:
+    """Fine-tune ``model`` for ``steps`` Adam steps while pruning ``names`` on a cubic schedule.
+
+    ``method``:
+      * ``"magnitude"`` / ``"random"``: every ``prune_every`` steps, ``sk.select_masks``
+        on ``|W|`` (or fixed random scores from ``seed``) per matrix, intersected with the
+        current masks and applied with ``sk.apply_masks``; pruned weights stay pruned;
+      * ``"movement"``: :class:`ScoreMask` scores learned at ``score_lr``, per-matrix top-v
+        (:func:`update_hard`) after every step;
+      * ``"soft_movement"``: scores plus ``lam · soft_penalty`` in the loss; the mask is
+        ``σ(S) > τ`` with ``τ`` following the schedule's global quantile, or, if ``tau`` is
+        given, fixed at ``tau`` (then ``lam`` alone decides the final sparsity and
+        ``final_sparsity`` is ignored except for validation).
+
+    The model is modified in place and ends with plain boolean masks (:func:`finalize`).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    schedule = Schedule(final_sparsity, steps, warmup, cooldown)
+    if isinstance(prune_every, bool) or not isinstance(prune_every, int) or prune_every < 1:
+        raise ValueError(f"prune_every must be a positive int, got {prune_every!r}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0.0:
+        raise ValueError(f"lam must be a non-negative number, got {lam!r}")
+    if tau is not None and method != "soft_movement":
+        raise ValueError(f"tau is only used by method='soft_movement', got method={method!r}")
+    if lam and method != "soft_movement":
+        raise ValueError(f"lam is only used by method='soft_movement', got method={method!r}")
+    chosen = _check_names(prunable_weights(model), names)
+    desc = desc or method
+
+    loss_fn: Callable[..., Tensor] = F.cross_entropy
+    hook: Callable[[int, nn.Module], None]
+    if method in ("magnitude", "random"):
+        fixed = _scores.random(model, seed) if method == "random" else None
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+        def hook(step: int, m: nn.Module) -> None:
+            if step % prune_every and step != steps:
+                return
+            s = schedule(step)
+            if s <= 0.0:
+                return
+            current = {k: v for k, v in _current_masks(m).items() if k in chosen}
+            score = fixed if fixed is not None else _scores.magnitude(m)
+            apply_masks(m, select_masks({n: score[n] for n in chosen}, s, scope="layer", current=current or None))
+    else:
+        attach_scores(model, chosen)
+        optimizer = torch.optim.Adam(param_groups(model, lr, score_lr))
+        sms = _score_masks(model)  # looked up once: module traversal is slow per step
+        if method == "movement":
+            def hook(step: int, m: nn.Module) -> None:
+                _hard(sms, schedule(step))
+        else:
+            if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < 1):
+                raise ValueError(f"tau must be a threshold in (0, 1), got {tau!r}")
+
+            def hook(step: int, m: nn.Module) -> None:
+                _soft(sms, tau, None if tau is not None else schedule(step))
+
+            if lam:
+                def loss_fn(logits: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+                    ce = F.cross_entropy(logits, y, reduction=reduction)
+                    # the penalty belongs to the training objective, not to evaluation sums
+                    return ce + lam * _penalty(sms) if reduction == "mean" else ce
+
+    history = train(model, train_loader, steps=steps, optimizer=optimizer, loss_fn=loss_fn,
+                    val_loader=val_loader, eval_every=steps, step_hook=hook, progress=progress, desc=desc)
+    masks = finalize(model) if method not in ("magnitude", "random") else _current_masks(model)
+    masks = {n: masks[n] for n in chosen if n in masks}
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    total = sum(prunable_weights(model)[n].numel() for n in chosen)
+    return PruneResult(history, masks, pruned / total, method)
+
+
+def _current_masks(model: nn.Module) -> dict[str, Tensor]:
+    from .masking import get_masks
+
+    return get_masks(model)

@@ -1,0 +1,168 @@
+"""Unstructured magnitude pruning: one-shot, iterative, gradual; fine-tuning; sensitivity.
+
+Han et al. 2015 ("Learning both weights and connections") prune the weights of
+smallest magnitude, ``|w| < t``, then retrain the survivors with the pruned ones held
+at zero, and repeat. Zhu & Gupta 2017 ("To prune, or not to prune") grow the sparsity
+gradually during training along the cubic schedule of their Eq. (1)
+(:func:`sparsekit.cubic_sparsity`), pruning every few steps.
+
+Everything here runs through the core pipeline: ``scores.magnitude`` (score) ->
+``select_masks`` (select) -> ``apply_masks`` (mask) -> ``train.train`` (train with the
+mask held). Masks intersect, so pruning an already-pruned model only ever adds zeros.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from . import scores as _scores
+from .masking import apply_masks, get_masks, prunable_weights
+from .select import _check_sparsity, cubic_sparsity, select_masks
+from .train import History, accuracy, train
+
+DEFAULT_MIN_KEEP = 0.01
+"""Global pruning keeps at least this fraction (1 %) of every layer's weights by default."""
+
+
+def prune(model: nn.Module, sparsity: float, scope: str = "global", *,
+          scores: Mapping[str, Tensor] | None = None, min_keep: float = DEFAULT_MIN_KEEP) -> dict[str, Tensor]:
+    """Prune ``model`` in place to ``sparsity`` by ``scores`` (default ``|w|``); return the masks.
+
+    Han et al. 2015: remove the weights of smallest magnitude. ``scope="layer"`` prunes
+    the same fraction of every layer; ``scope="global"`` ranks all weights together
+    (one threshold ``t`` for the whole model), which prunes layers with many small
+    weights harder. Alone, global pruning can empty a layer and disconnect the network
+    (layer collapse); ``min_keep`` guards against it: every layer keeps at least
+    ``ceil(min_keep * numel)`` of its largest-scoring weights (default 1 %; ``0``
+    disables the guard; ignored for ``scope="layer"``). So a global sparsity above
+    ``1 - min_keep`` cannot be reached and raises ``ValueError``.
+
+    Existing masks are respected and count toward ``sparsity`` (it can only grow).
+    Pass ``scores=sk.scores.random(model, seed)`` for the random-pruning baseline.
+    """
+    _check_sparsity(sparsity)
+    if scores is None:
+        scores = _scores.magnitude(model)
+    current = get_masks(model)
+    masks = select_masks(scores, sparsity, scope, current or None,
+                         min_keep=min_keep if scope == "global" else 0.0)
+    apply_masks(model, masks)
+    return masks
+
+
+def fine_tune(model: nn.Module, train_loader: DataLoader, *, epochs: int | None = None,
+              steps: int | None = None, lr: float = 1e-3, **train_kwargs: object) -> History:
+    """Retrain a pruned model with its masks held (Han et al. 2015, the "retrain" step).
+
+    The masks are parametrizations, so any optimizer keeps pruned weights exactly 0.
+    A model without masks raises ``ValueError``: fine-tuning weights that were zeroed
+    by hand (no mask) lets them grow back.
+    """
+    before = get_masks(model)
+    if not before:
+        raise ValueError("model has no masks: prune it (or apply_masks) before fine_tune, "
+                         "otherwise zeroed weights regrow")
+    history = train(model, train_loader, epochs=epochs, steps=steps, lr=lr, **train_kwargs)  # type: ignore[arg-type]
+    after = get_masks(model)
+    if any(not after[name].equal(mask) for name, mask in before.items()):
+        raise RuntimeError("masks changed during fine_tune")  # cannot happen with parametrizations
+    return history
+
+
+def iterative_prune(model: nn.Module, train_loader: DataLoader, final_sparsity: float, *, rounds: int,
+                    epochs_per_round: int, lr: float = 1e-3, scope: str = "global",
+                    min_keep: float = DEFAULT_MIN_KEEP, progress: bool = True,
+                    **train_kwargs: object) -> list[float]:
+    """Han et al. 2015's iterative pruning: ``rounds`` times prune, then fine-tune.
+
+    Round ``r`` prunes to ``1 - (1 - final_sparsity) ** (r / rounds)`` (the same fraction
+    of the remaining weights each round), by magnitude, then fine-tunes for
+    ``epochs_per_round`` epochs. Returns the sparsity after each round.
+    """
+    final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    if not isinstance(epochs_per_round, int) or epochs_per_round < 1:
+        raise ValueError(f"epochs_per_round must be a positive int, got {epochs_per_round!r}")
+    reached = []
+    for r in range(1, rounds + 1):
+        s = 1.0 - (1.0 - final_sparsity) ** (r / rounds)
+        prune(model, s, scope, min_keep=min_keep)
+        fine_tune(model, train_loader, epochs=epochs_per_round, lr=lr, progress=progress,
+                  desc=f"round {r}/{rounds}", **train_kwargs)
+        reached.append(s)
+    return reached
+
+
+class GradualPruning:
+    """A ``step_hook`` for :func:`sparsekit.train.train`: Zhu & Gupta 2017's gradual pruning.
+
+    Every ``every`` steps from ``begin_step`` to ``end_step`` (and at ``end_step``) the
+    model is pruned by magnitude to ``s_t`` of Eq. (1)::
+
+        s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_end - t_0)) ** 3
+
+    Weights pruned earlier stay pruned (masks intersect). ``self.schedule`` records
+    ``(step, sparsity)`` of every pruning event.
+    """
+
+    def __init__(self, final_sparsity: float, *, begin_step: int, end_step: int, every: int = 10,
+                 initial_sparsity: float = 0.0, scope: str = "global",
+                 min_keep: float = DEFAULT_MIN_KEEP) -> None:
+        cubic_sparsity(begin_step, final_sparsity, begin_step=begin_step, end_step=end_step,
+                       initial_sparsity=initial_sparsity)  # validates the schedule arguments
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        if scope not in ("global", "layer"):
+            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+        self.final_sparsity, self.initial_sparsity = final_sparsity, initial_sparsity
+        self.begin_step, self.end_step, self.every = begin_step, end_step, every
+        self.scope, self.min_keep = scope, min_keep
+        self.schedule: list[tuple[int, float]] = []
+
+    def sparsity_at(self, step: int) -> float:
+        """``s_t`` of Eq. (1) at ``step``."""
+        return cubic_sparsity(step, self.final_sparsity, begin_step=self.begin_step,
+                              end_step=self.end_step, initial_sparsity=self.initial_sparsity)
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step < self.begin_step or step > self.end_step:
+            return
+        if (step - self.begin_step) % self.every and step != self.end_step:
+            return
+        s = self.sparsity_at(step)
+        prune(model, s, self.scope, min_keep=self.min_keep)
+        self.schedule.append((step, s))
+
+
+def sensitivity_scan(model: nn.Module, x: Tensor, y: Tensor, sparsities: Sequence[float],
+                     names: Sequence[str] | None = None) -> dict[str, list[float]]:
+    """Accuracy on ``(x, y)`` when *only* one layer is magnitude-pruned to each sparsity.
+
+    Returns ``{layer name: [accuracy at each sparsity]}`` for every prunable weight (or
+    ``names``). The model is not changed: each point prunes a copy. Layers whose
+    accuracy stays flat tolerate pruning; a steep drop marks a sensitive layer (Han et
+    al. 2015, Fig. 6).
+    """
+    weights = prunable_weights(model)
+    names = list(weights) if names is None else list(names)
+    unknown = [n for n in names if n not in weights]
+    if unknown:
+        raise ValueError(f"names has unknown weight names {unknown}; allowed: {list(weights)}")
+    grid = [_check_sparsity(s) for s in sparsities]
+    out: dict[str, list[float]] = {}
+    for name in names:
+        accs = []
+        for s in grid:
+            pruned = copy.deepcopy(model)
+            masks = get_masks(pruned)
+            current = {name: masks[name]} if name in masks else None
+            score = {name: _scores.magnitude(pruned)[name]}
+            apply_masks(pruned, select_masks(score, s, "layer", current))
+            accs.append(accuracy(pruned, x, y))
+        out[name] = accs
+    return out

@@ -1,0 +1,194 @@
+"""Tests for sparsekit.execute: sparse layouts, SparseLinear, layout choice, measuring helpers."""
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sparsekit as sk
+from sparsekit import execute as ex
+
+
+def masked_linear(out_f: int, in_f: int, sparsity: float, seed: int = 0, block: bool = False) -> nn.Linear:
+    torch.manual_seed(seed)
+    lin = nn.Linear(in_f, out_f)
+    mask = ex.block_mask((out_f, in_f), sparsity, (4, 4), seed) if block else ex.unstructured_mask(
+        (out_f, in_f), sparsity, seed)
+    sk.apply_masks(lin, {"weight": mask})
+    return lin
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr", "bsr", "auto"])
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3), (0,), (2, 0, 3)])
+def test_sparse_linear_matches_masked_layer_for_any_leading_shape(layout, lead):
+    lin = masked_linear(16, 8, 0.75, block=True)
+    sl = ex.sparse_linear(lin, layout, blocksize=(4, 4))
+    x = torch.randn(*lead, 8)
+    y = sl(x)
+    assert y.shape == (*lead, 16)
+    torch.testing.assert_close(y, lin(x), rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_linear_stores_the_requested_layout_and_exact_weight():
+    lin = masked_linear(16, 8, 0.5)
+    for layout, torch_layout in [("dense", torch.strided), ("csr", torch.sparse_csr), ("bsr", torch.sparse_bsr)]:
+        sl = ex.sparse_linear(lin, layout, blocksize=(4, 4))
+        assert sl.layout == layout and sl.weight.layout == torch_layout
+        assert torch.equal(sl.dense_weight(), lin.weight.detach())
+        assert sl.nonzeros == int((lin.weight != 0).sum()) == 64
+
+
+def test_sparse_linear_without_bias_and_unmasked():
+    lin = nn.Linear(8, 4, bias=False)
+    sl = ex.sparse_linear(lin, "csr")
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(sl(x), lin(x))
+    assert sl.bias is None
+
+
+def test_sparse_linear_is_deepcopyable_and_has_a_state_dict():
+    sl = ex.sparse_linear(masked_linear(8, 8, 0.5), "csr")
+    clone = copy.deepcopy(sl)
+    x = torch.randn(2, 8)
+    assert torch.equal(clone(x), sl(x))
+    assert set(sl.state_dict()) == {"values", "col_indices", "crow_indices", "bias"}
+    assert "layout='csr'" in repr(sl)
+
+
+@pytest.mark.parametrize("bad", ["coo", "CSR", "", None, 3])
+def test_bad_layout_raises_value_error(bad):
+    with pytest.raises(ValueError, match="layout must be one of"):
+        ex.sparse_linear(nn.Linear(4, 4), bad)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        ex.to_sparse(sk.models.MLP(), bad)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="linear must be an nn.Linear"):
+        ex.sparse_linear(nn.Conv1d(1, 1, 3))
+    with pytest.raises(ValueError, match="divisible by blocksize"):
+        ex.sparse_linear(nn.Linear(6, 4), "bsr", blocksize=(4, 4))
+    with pytest.raises(ValueError, match="blocksize must be two positive ints"):
+        ex.sparse_linear(nn.Linear(4, 4), "bsr", blocksize=(0, 4))
+    with pytest.raises(ValueError, match=r"input must have shape \[..., 4\]"):
+        ex.sparse_linear(nn.Linear(4, 2), "csr")(torch.randn(3, 5))
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        ex.to_sparse("model")
+    with pytest.raises(ValueError, match="dense 2-D"):
+        ex.choose_layout(torch.zeros(4))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ex.SparseLinear(torch.zeros(2, 4), torch.zeros(3), "csr")
+
+
+def test_choose_layout_rule():
+    big = (1024, 1024)
+    w = torch.randn(*big)
+    assert ex.choose_layout(w) == "dense"
+    assert ex.choose_layout(w * ex.unstructured_mask(big, 0.5)) == "dense"
+    assert ex.choose_layout(w * ex.unstructured_mask(big, 0.95)) == "csr"
+    assert ex.choose_layout(w * ex.unstructured_mask(big, 0.89)) == "dense"
+    assert ex.choose_layout(w * ex.block_mask(big, 0.9)) == "bsr"
+    assert ex.choose_layout(w * ex.block_mask(big, 0.6)) == "dense"  # 60 % zeros, below both crossovers
+    # Small weights stay dense whatever their sparsity; non-divisible shapes never get BSR.
+    assert ex.choose_layout(torch.zeros(256, 256)) == "dense"
+    odd = torch.randn(1000, 1000) * ex.unstructured_mask((1000, 1000), 0.95)
+    assert ex.choose_layout(odd) == "csr"
+
+
+def test_to_sparse_swaps_only_masked_linears_and_leaves_original():
+    model = sk.models.MLP(8, (16,), 4)
+    sk.apply_masks(model, {"0.weight": ex.unstructured_mask((16, 8), 0.5)})
+    fast = ex.to_sparse(model, "csr")
+    assert ex.layouts(fast) == {"0": "csr"}
+    assert isinstance(fast[2], nn.Linear) and not isinstance(model[0], ex.SparseLinear)
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(fast(x), model(x))
+    assert sk.get_masks(model)["0.weight"].sum() == 64  # original still masked
+    everything = ex.to_sparse(model, "dense", masked_only=False)
+    assert ex.layouts(everything) == {"0": "dense", "2": "dense"}
+
+
+def test_to_sparse_on_a_bare_linear():
+    lin = masked_linear(4, 4, 0.5)
+    assert isinstance(ex.to_sparse(lin, "csr"), ex.SparseLinear)
+    assert isinstance(ex.to_sparse(nn.Linear(4, 4), "csr"), nn.Linear)
+
+
+def test_block_sparsity_and_masks():
+    m = ex.block_mask((8, 8), 0.5, (4, 4), seed=1)
+    assert ex.block_sparsity(m.float(), (4, 4)) == 0.5
+    assert (~m).sum() == 32
+    u = ex.unstructured_mask((10, 10), 0.37, seed=3)
+    assert (~u).sum() == 37
+    with pytest.raises(ValueError, match="not divisible"):
+        ex.block_sparsity(torch.ones(6, 8), (4, 4))
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        ex.unstructured_mask((4, 4), 1.0)
+
+
+def test_layout_bytes_counts_values_and_indices():
+    w = torch.zeros(8, 8)
+    w[0, 0] = w[3, 5] = 1.0
+    assert ex.layout_bytes(w) == 256
+    assert ex.layout_bytes(w.to_sparse_csr()) == 2 * 4 + 2 * 8 + 9 * 8
+    assert ex.layout_bytes(w.to_sparse_bsr((4, 4))) == 2 * 16 * 4 + 2 * 8 + 3 * 8
+    with pytest.raises(ValueError, match="layout_bytes supports"):
+        ex.layout_bytes(w.to_sparse())
+
+
+def test_crossover_interpolates_and_handles_edges():
+    s = [0.5, 0.7, 0.9]
+    assert ex.crossover(s, 1.0, [4.0, 1.0, 0.25]) == pytest.approx(0.7)
+    mid = ex.crossover(s, 1.0, [4.0, 2.0, 0.5])
+    assert 0.7 < mid < 0.9 and mid == pytest.approx(0.7 + 0.2 * math.log(2) / math.log(4))
+    assert ex.crossover(s, [1.0, 1.0, 1.0], [0.5, 0.5, 0.5]) == 0.5
+    assert ex.crossover(s, 1.0, [2.0, 2.0, 2.0]) is None
+    assert ex.crossover(s, 1.0, [0.5, 2.0, 0.5]) == pytest.approx(0.7 + 0.2 * 0.5)  # last run counts
+    with pytest.raises(ValueError, match="increasing"):
+        ex.crossover([0.9, 0.5], 1.0, [1.0, 1.0])
+    with pytest.raises(ValueError, match="positive"):
+        ex.crossover(s, 0.0, [1.0, 1.0, 1.0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.1, 0.9), st.floats(0.1, 0.9), st.floats(0.1, 10.0))
+def test_crossover_of_a_line_is_its_root(a, b, scale):
+    # log(ratio) linear in s with a root r inside the grid: the interpolation is exact.
+    lo, hi = sorted((a, b))
+    if hi - lo < 1e-3:
+        return
+    r = (lo + hi) / 2
+    grid = [lo, r - (r - lo) / 3, r + (hi - r) / 3, hi]
+    times = [math.exp(-scale * (g - r)) for g in grid]
+    assert ex.crossover(grid, 1.0, times) == pytest.approx(r, abs=1e-9)
+
+
+def test_compare_layouts_returns_one_timing_per_function():
+    calls = []
+    res = ex.compare_layouts({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3)
+    assert set(res) == {"a", "b"} and all(t.repeats == 3 and t.q1 <= t.median <= t.q3 for t in res.values())
+    assert calls == ["a", "b"] * 4  # interleaved round-robin, warm-up included
+    with pytest.raises(ValueError):
+        ex.compare_layouts({}, repeats=1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3).map(lambda k: 4 * k), st.integers(1, 3).map(lambda k: 4 * k), st.floats(0.0, 0.95),
+       st.sampled_from(["dense", "csr", "bsr", "auto"]), st.integers(0, 5))
+def test_property_sparse_linear_equals_linear(out_f, in_f, sparsity, layout, seed):
+    lin = masked_linear(out_f, in_f, sparsity, seed)
+    x = torch.randn(3, in_f, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(ex.sparse_linear(lin, layout, (4, 4))(x), lin(x), rtol=1e-5, atol=1e-5)
+
+
+def test_choose_layout_counts_exactly_at_the_threshold():
+    # round(0.9 * 4096**2) zeros is "90 %" although its float mean is 0.89999997.
+    shape = (4096, 4096)
+    w = torch.ones(shape) * ex.unstructured_mask(shape, ex.CSR_MIN_SPARSITY)
+    assert ex.choose_layout(w) == "csr"
+    w = torch.ones(shape) * ex.unstructured_mask(shape, ex.CSR_MIN_SPARSITY - 1e-4)
+    assert ex.choose_layout(w) == "dense"

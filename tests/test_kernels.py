@@ -1,0 +1,285 @@
+"""Tests for sparsekit.kernels: Triton kernels vs the pure-torch references.
+
+Without CUDA, ``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` before triton is imported,
+so the same kernels run in Triton's CPU interpreter (small shapes keep this fast).
+GPU-only tests (real Triton compilation, torch semi-structured) skip cleanly without CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sparsekit as sk
+from sparsekit import kernels
+
+pytest.importorskip("triton")
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+requires_sparse_tc = pytest.mark.skipif(not kernels.sparse_tensor_cores_available(),
+                                        reason="needs a CUDA GPU with compute capability >= 8.0")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+def _weight(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, k, generator=gen)
+    # edges: exact ties, zeros, negative zeros, a whole zero group
+    w[torch.rand(rows, k, generator=gen) < 0.15] = 0.0
+    w[torch.rand(rows, k, generator=gen) < 0.05] = -0.0
+    w[torch.rand(rows, k, generator=gen) < 0.15] = 1.0
+    if k >= 4:
+        w[0, :4] = 0.0
+    return w.to(dtype).to(DEVICE)
+
+
+# ---------------------------------------------------------------- prune_compress_24
+
+SHAPES = [(1, 4), (1, 12), (3, 8), (5, 20), (7, 52), (16, 64), (33, 100)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_prune_compress_24_bit_exact(shape, dtype):
+    w = _weight(*shape, dtype, seed=shape[0] * 1000 + shape[1])
+    values, meta = kernels.prune_compress_24(w)
+    ref_v, ref_m = sk.compress_24(w * sk.nm_mask(w))
+    assert values.dtype == dtype and meta.dtype == torch.uint8
+    assert values.shape == (shape[0], shape[1] // 2) and meta.shape == (shape[0], math.ceil(shape[1] / 8))
+    assert torch.equal(meta, ref_m)
+    assert torch.equal(_bits(values), _bits(ref_v))  # bit for bit, signed zeros included
+
+
+@given(rows=st.integers(1, 24), groups=st.integers(1, 24), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 999))
+@settings(max_examples=15, deadline=None)
+def test_prune_compress_24_random_shapes(rows, groups, dtype, seed):
+    w = _weight(rows, 4 * groups, dtype, seed)
+    values, meta = kernels.prune_compress_24(w, block=32)
+    ref_v, ref_m = sk.compress_24(w * sk.nm_mask(w))
+    assert torch.equal(meta, ref_m) and torch.equal(_bits(values), _bits(ref_v))
+
+
+def test_prune_compress_24_small_block_many_programs():
+    w = _weight(9, 40, torch.float32, seed=3)
+    v1, m1 = kernels.prune_compress_24(w, block=16)
+    v2, m2 = kernels.prune_compress_24(w, block=256)
+    assert torch.equal(m1, m2) and torch.equal(_bits(v1), _bits(v2))
+
+
+def test_prune_compress_24_non_contiguous_input():
+    w = _weight(16, 8, torch.float32, seed=4).t()  # [8, 16], non-contiguous
+    values, meta = kernels.prune_compress_24(w)
+    ref_v, ref_m = sk.compress_24(w * sk.nm_mask(w))
+    assert torch.equal(values, ref_v) and torch.equal(meta, ref_m)
+
+
+def test_prune_compress_24_bad_input():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        kernels.prune_compress_24(torch.randn(2, 6, device=DEVICE))
+    with pytest.raises(ValueError, match="2-D"):
+        kernels.prune_compress_24(torch.randn(2, 2, 8, device=DEVICE))
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        kernels.prune_compress_24(torch.ones(2, 8, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(TypeError, match="Tensor"):
+        kernels.prune_compress_24([[1.0] * 8])
+    with pytest.raises(ValueError, match="power of two"):
+        kernels.prune_compress_24(torch.randn(2, 8, device=DEVICE), block=10)
+
+
+# ---------------------------------------------------------------- sparse24_linear
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+def _reference(x, values, meta, bias):
+    w = sk.decompress_24(values, meta).float()
+    y = x.float() @ w.T
+    return y if bias is None else y + bias.float()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,n,k,use_bias", [
+    ((1,), 16, 32, True),        # batch 1
+    ((3,), 5, 20, False),        # N, K not multiples of the block; K % 8 == 4 (odd groups)
+    ((2, 3), 17, 36, True),      # two leading dims
+    ((), 8, 16, True),           # a single vector
+    ((20,), 1, 52, True),        # one output row
+])
+def test_sparse24_linear_matches_reference(lead, n, k, use_bias, dtype):
+    gen = torch.Generator().manual_seed(n * 100 + k)
+    w = torch.randn(n, k, generator=gen)
+    values, meta = sk.compress_24((w * sk.nm_mask(w)).to(dtype))
+    values, meta = values.to(DEVICE), meta.to(DEVICE)
+    x = torch.randn(*lead, k, generator=gen).to(dtype).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if use_bias else None
+    y = kernels.sparse24_linear(x, values, meta, bias)
+    assert y.shape == (*lead, n) and y.dtype == dtype
+    ref = _reference(x, values, meta, bias)
+    scale = ref.abs().max().clamp_min(1.0)
+    assert float((y.float() - ref).abs().max()) <= TOL[dtype] * float(scale)
+
+
+@given(lead=st.lists(st.integers(1, 5), max_size=2), n=st.integers(1, 40), groups=st.integers(1, 20),
+       dtype=st.sampled_from(DTYPES), use_bias=st.booleans(), seed=st.integers(0, 999))
+@settings(max_examples=12, deadline=None)
+def test_sparse24_linear_random_shapes(lead, n, groups, dtype, use_bias, seed):
+    k = 4 * groups
+    gen = torch.Generator().manual_seed(seed)
+    values, meta = kernels.prune_compress_24(torch.randn(n, k, generator=gen).to(dtype).to(DEVICE))
+    x = torch.randn(*lead, k, generator=gen).to(dtype).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if use_bias else None
+    y = kernels.sparse24_linear(x, values, meta, bias)
+    ref = _reference(x, values, meta, bias)
+    assert y.shape == (*lead, n)
+    assert float((y.float() - ref).abs().max()) <= TOL[dtype] * float(ref.abs().max().clamp_min(1.0))
+
+
+def test_sparse24_linear_fp32_exact_on_integers():
+    # small integers: every product and sum is exact in fp32, so the kernel must match exactly
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randint(-3, 4, (12, 24), generator=gen).float()
+    values, meta = kernels.prune_compress_24(w.to(DEVICE))
+    x = torch.randint(-3, 4, (4, 24), generator=gen).float().to(DEVICE)
+    y = kernels.sparse24_linear(x, values, meta)
+    assert torch.equal(y, x @ sk.decompress_24(values, meta).T)
+
+
+def test_sparse24_linear_explicit_blocks_and_strided_x():
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(20, 40, generator=gen)
+    values, meta = sk.compress_24(w * sk.nm_mask(w))
+    values, meta = values.to(DEVICE), meta.to(DEVICE)
+    x = torch.randn(40, 6, generator=gen).to(DEVICE).t()  # non-contiguous [6, 40]
+    y = kernels.sparse24_linear(x, values, meta, blocks=(16, 32, 32))
+    torch.testing.assert_close(y, _reference(x, values, meta, None), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse24_linear_empty_batch():
+    values, meta = sk.compress_24(torch.zeros(4, 8))
+    y = kernels.sparse24_linear(torch.zeros(0, 8, device=DEVICE), values.to(DEVICE), meta.to(DEVICE))
+    assert y.shape == (0, 4)
+
+
+def test_sparse24_linear_bad_input():
+    values, meta = sk.compress_24(torch.zeros(4, 16))
+    values, meta = values.to(DEVICE), meta.to(DEVICE)
+    x = torch.zeros(2, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="K = 16"):
+        kernels.sparse24_linear(torch.zeros(2, 12, device=DEVICE), values, meta)
+    with pytest.raises(ValueError, match="meta must have shape"):
+        kernels.sparse24_linear(x, values, meta[:, :1])
+    with pytest.raises(TypeError, match="uint8"):
+        kernels.sparse24_linear(x, values, meta.int())
+    with pytest.raises(TypeError, match="share a dtype"):
+        kernels.sparse24_linear(x.half(), values, meta)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        kernels.sparse24_linear(x.double(), values.double(), meta)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        kernels.sparse24_linear(x, values, meta, torch.zeros(3, device=DEVICE))
+    with pytest.raises(TypeError, match="bias"):
+        kernels.sparse24_linear(x, values, meta, torch.zeros(4, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(ValueError, match="power of two"):
+        kernels.sparse24_linear(x, values, meta, blocks=(8, 16, 16))
+
+
+def test_sparse24_linear_equals_pruned_linear_layer():
+    sk.seed_everything(0)
+    layer = nn.Linear(24, 8)
+    sk.nm.apply_nm(layer)
+    sk.remove_masks(layer)
+    layer = layer.to(DEVICE)
+    values, meta = kernels.prune_compress_24(layer.weight.detach())
+    x = torch.randn(3, 24, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(kernels.sparse24_linear(x, values, meta, layer.bias.detach()), layer(x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- lazy import, capability, adapter
+
+
+def test_import_sparsekit_does_not_import_triton():
+    code = "import sys, sparsekit, sparsekit.kernels, sparsekit.nm; print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cpu_without_interpreter_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        kernels.prune_compress_24(torch.randn(2, 8))
+
+
+def test_capability_status_is_consistent():
+    ok, reason = kernels.semi_structured_status()
+    assert ok == kernels.sparse_tensor_cores_available()
+    assert isinstance(reason, str) and reason
+    if not CUDA:
+        assert not ok and "no CUDA GPU" in reason
+
+
+@pytest.mark.skipif(kernels.sparse_tensor_cores_available(), reason="tests the fallback path")
+def test_to_semi_structured_falls_back_with_a_message():
+    model = nn.Sequential(nn.Linear(64, 32))
+    before = model[0].weight.clone()
+    with pytest.warns(UserWarning, match="keeping the model dense"):
+        report = kernels.to_semi_structured(model)
+    assert not report.available and report.swapped == [] and set(report.skipped) == {"0"}
+    assert torch.equal(model[0].weight, before)
+    with pytest.raises(TypeError, match="nn.Module"):
+        kernels.to_semi_structured("model")
+
+
+def test_min_weight_shape():
+    rows, cols = kernels.semi.min_weight_shape(torch.float16)
+    assert rows >= 16 and cols >= 16
+
+
+@requires_sparse_tc
+def test_to_semi_structured_on_gpu():
+    sk.seed_everything(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10), nn.Linear(10, 64))
+    sk.nm.apply_nm(model)
+    sk.remove_masks(model)
+    model = model.half().cuda().eval()
+    x = torch.randn(64, 128, dtype=torch.float16, device="cuda")
+    with torch.no_grad():
+        dense = model(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = kernels.to_semi_structured(model)
+        assert report.available and "0" in report.swapped and "2" in report.skipped
+        torch.testing.assert_close(model(x), dense, rtol=2e-2, atol=2e-2)
+
+
+@requires_sparse_tc
+def test_to_semi_structured_rejects_non_24_weight():
+    model = nn.Sequential(nn.Linear(128, 128)).half().cuda()
+    with pytest.raises(ValueError, match="not 2:4"):
+        kernels.to_semi_structured(model, strict=True)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA: compiled (not interpreted) kernels")
+def test_compiled_kernels_on_gpu_fp16():
+    w = torch.randn(256, 512, dtype=torch.float16, device="cuda")
+    values, meta = kernels.prune_compress_24(w)
+    ref_v, ref_m = sk.compress_24(w * sk.nm_mask(w))
+    assert torch.equal(meta, ref_m) and torch.equal(_bits(values), _bits(ref_v))
+    for batch in (1, 16, 300):
+        x = torch.randn(batch, 512, dtype=torch.float16, device="cuda")
+        y = kernels.sparse24_linear(x, values, meta)
+        ref = (x.float() @ sk.decompress_24(values, meta).float().T)
+        assert float((y.float() - ref).abs().max()) <= 1e-2 * float(ref.abs().max())

@@ -1,0 +1,412 @@
+"""Tests for sparsekit.lottery: IMP with rewinding, its controls, linear mode connectivity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparsekit as sk
+from sparsekit import lottery
+from sparsekit.data import Splits
+
+
+def _splits(n_train: int = 256, n_val: int = 64, n_test: int = 128, seed: int = 0) -> Splits:
+    """A small learnable synthetic task: the class is the argmax of 10 fixed projections."""
+    gen = torch.Generator().manual_seed(seed)
+    proj = torch.randn(40, 10, generator=gen)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, 40, generator=gen)
+        return x, (x @ proj).argmax(dim=1)
+
+    (xt, yt), (xv, yv), (xs, ys) = make(n_train), make(n_val), make(n_test)
+    return Splits(xt, yt, xv, yv, xs, ys)
+
+
+def _mlp() -> torch.nn.Module:
+    return sk.models.MLP(40, (32, 32), 10)
+
+
+def _frozen(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """An optimizer that never moves a weight: trained state == starting state."""
+    return torch.optim.SGD(model.parameters(), lr=0.0)
+
+
+DATA = _splits()
+
+
+# --- snapshot / rewind ---------------------------------------------------------------
+
+
+def test_snapshot_uses_plain_names_and_skips_masks() -> None:
+    model = _mlp()
+    sk.apply_masks(model, {"0.weight": torch.rand(32, 40) > 0.5})
+    snap = lottery.snapshot(model)
+    assert set(snap) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
+    assert torch.equal(snap["0.weight"], sk.effective_weights(model)["0.weight"])
+
+
+def test_rewind_restores_exactly_the_saved_values_on_surviving_weights() -> None:
+    torch.manual_seed(0)
+    model = _mlp()
+    saved = lottery.snapshot(model)
+    loader = sk.data.loader(DATA.x_train, DATA.y_train, 64, shuffle=True)
+    sk.train.train(model, loader, steps=10, lr=1e-2, progress=False)
+    masks = {n: torch.rand(w.shape) > 0.3 for n, w in sk.prunable_weights(model).items()}
+    sk.apply_masks(model, masks)
+    assert not torch.equal(sk.effective_weights(model)["0.weight"], saved["0.weight"] * masks["0.weight"])
+    lottery.rewind(model, saved)
+    eff = sk.effective_weights(model)
+    for name, mask in masks.items():
+        assert torch.equal(eff[name][mask], saved[name][mask])  # survivors: bit-exact
+        assert bool((eff[name][~mask] == 0).all())  # pruned: still exactly zero
+        assert torch.equal(sk.prunable_weights(model)[name][~mask], torch.zeros(int((~mask).sum())))
+    assert torch.equal(model[0].bias, saved["0.bias"])
+    assert sk.get_masks(model)["0.weight"].equal(masks["0.weight"])  # masks untouched
+
+
+def test_rewind_restores_batchnorm_buffers() -> None:
+    model = sk.models.CNN1d(channels=(4, 4, 4))
+    saved = lottery.snapshot(model)
+    model(torch.randn(8, 40))  # train mode: running stats move
+    assert not torch.equal(model.bn1.running_mean, saved["bn1.running_mean"])
+    lottery.rewind(model, saved)
+    assert torch.equal(model.bn1.running_mean, saved["bn1.running_mean"])
+    assert int(model.bn1.num_batches_tracked) == 0
+
+
+def test_rewind_bad_input() -> None:
+    model = _mlp()
+    snap = lottery.snapshot(model)
+    with pytest.raises(TypeError, match="state"):
+        lottery.rewind(model, [1, 2])
+    with pytest.raises(ValueError, match="missing"):
+        lottery.rewind(model, {k: v for k, v in snap.items() if k != "0.bias"})
+    with pytest.raises(ValueError, match="unexpected"):
+        lottery.rewind(model, {**snap, "extra": torch.zeros(1)})
+    with pytest.raises(ValueError, match="shape"):
+        lottery.rewind(model, {**snap, "0.bias": torch.zeros(3)})
+    with pytest.raises(TypeError, match="model"):
+        lottery.snapshot("not a model")
+
+
+# --- one pruning step ----------------------------------------------------------------
+
+
+def _remaining(masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {n: int(m.sum()) for n, m in masks.items()}
+
+
+@settings(max_examples=25, deadline=None)
+@given(rate=st.floats(0.01, 0.9), rounds=st.integers(1, 4), seed=st.integers(0, 1000))
+def test_layer_scope_removes_the_stated_fraction_of_what_remained(rate: float, rounds: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = _mlp()
+    before = {n: w.numel() for n, w in sk.prunable_weights(model).items()}
+    for _ in range(rounds):
+        masks = lottery.prune_masks(model, rate, scope="layer", layer_rates={"4.weight": rate / 2})
+        after = _remaining(masks)
+        for name, r in before.items():
+            expect = round((rate / 2 if name == "4.weight" else rate) * r)
+            assert r - after[name] == expect
+        sk.apply_masks(model, masks)
+        before = after
+
+
+@settings(max_examples=25, deadline=None)
+@given(rate=st.floats(0.01, 0.9), seed=st.integers(0, 1000))
+def test_global_scope_removes_the_stated_fraction_in_total(rate: float, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = _mlp()
+    sk.apply_masks(model, {"2.weight": torch.rand(32, 32) > 0.5})
+    weights = sk.prunable_weights(model)
+    remaining = sum(_remaining({n: sk.effective_weights(model)[n] != 0 for n in weights}).values())
+    masks = lottery.prune_masks(model, rate, scope="global")
+    assert remaining - sum(_remaining(masks).values()) == round(rate * remaining)
+    # pruned entries stay pruned
+    assert not bool((masks["2.weight"] & ~sk.get_masks(model)["2.weight"]).any())
+
+
+def test_prune_masks_removes_the_smallest_magnitudes() -> None:
+    torch.manual_seed(1)
+    model = _mlp()
+    masks = lottery.prune_masks(model, 0.3, scope="layer")
+    for name, w in sk.prunable_weights(model).items():
+        a = w.detach().abs()
+        assert float(a[~masks[name]].max()) <= float(a[masks[name]].min())
+    glob = lottery.prune_masks(model, 0.3, scope="global")
+    all_w = {n: w.detach().abs() for n, w in sk.prunable_weights(model).items()}
+    pruned_max = max(float(all_w[n][~m].max()) for n, m in glob.items() if (~m).any())
+    kept_min = min(float(all_w[n][m].min()) for n, m in glob.items())
+    assert pruned_max <= kept_min
+
+
+def test_global_with_output_rate_prunes_output_on_its_own() -> None:
+    torch.manual_seed(2)
+    model = _mlp()
+    masks = lottery.prune_masks(model, 0.4, scope="global", layer_rates={"4.weight": 0.2})
+    assert int((~masks["4.weight"]).sum()) == round(0.2 * 320)
+    hidden = ["0.weight", "2.weight"]
+    assert sum(int((~masks[n]).sum()) for n in hidden) == round(0.4 * (32 * 40 + 32 * 32))
+
+
+def test_prune_masks_bad_input() -> None:
+    model = _mlp()
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="rate"):
+            lottery.prune_masks(model, bad)
+    with pytest.raises(TypeError, match="rate"):
+        lottery.prune_masks(model, "0.2")
+    with pytest.raises(ValueError, match="scope"):
+        lottery.prune_masks(model, 0.2, scope="row")
+    with pytest.raises(ValueError, match="unknown weight name"):
+        lottery.prune_masks(model, 0.2, layer_rates={"9.weight": 0.1})
+    with pytest.raises(ValueError, match="layer_rates"):
+        lottery.prune_masks(model, 0.2, layer_rates={"4.weight": 1.5})
+
+
+def test_output_layer() -> None:
+    assert lottery.output_layer(_mlp()) == "4.weight"
+    assert lottery.output_layer(sk.models.CNN1d()) == "fc.weight"
+    with pytest.raises(ValueError, match="no Linear"):
+        lottery.output_layer(torch.nn.ReLU())
+
+
+# --- random masks --------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(p=st.floats(0.0, 0.99), seed=st.integers(0, 10_000))
+def test_random_masks_keep_per_layer_counts(p: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    masks = {"a": torch.rand(20, 30, generator=gen) > p, "b": torch.rand(7, generator=gen) > p}
+    rand = lottery.random_masks_like(masks, seed)
+    assert _remaining(rand) == _remaining(masks)
+    assert {n: m.shape for n, m in rand.items()} == {n: m.shape for n, m in masks.items()}
+    assert all(torch.equal(rand[n], m) for n, m in lottery.random_masks_like(masks, seed).items())
+
+
+def test_random_masks_differ_from_the_ticket() -> None:
+    mask = torch.zeros(100, 100, dtype=torch.bool)
+    mask[:, :20] = True  # a structured ticket
+    rand = lottery.random_masks_like({"w": mask}, 0)["w"]
+    assert int(rand.sum()) == 2000
+    assert int((rand & mask).sum()) < 1000  # overlap ~ 400 by chance, never the whole ticket
+
+
+def test_random_masks_bad_input() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        lottery.random_masks_like({}, 0)
+    with pytest.raises(TypeError, match="seed"):
+        lottery.random_masks_like({"w": torch.ones(3, dtype=torch.bool)}, 1.5)
+    with pytest.raises(TypeError, match="bool"):
+        lottery.random_masks_like({"w": torch.ones(3)}, 0)
+
+
+# --- IMP -----------------------------------------------------------------------------
+
+
+def test_imp_sparsity_per_round_and_nested_masks() -> None:
+    res = lottery.imp(_mlp, DATA, rounds=3, rate=0.2, steps=20, eval_every=5, output_rate=0.1, progress=False)
+    assert [r.round for r in res.rounds] == [0, 1, 2, 3]
+    assert res.rounds[0].masks == {} and res.rounds[0].sparsity == 0.0
+    counts = {"0.weight": 32 * 40, "2.weight": 32 * 32, "4.weight": 320}
+    for r in res.rounds[1:]:
+        for name, n in counts.items():
+            rate = 0.1 if name == "4.weight" else 0.2
+            kept = n
+            for _ in range(r.round):
+                kept -= round(rate * kept)
+            assert int(r.masks[name].sum()) == kept
+            assert math.isclose(r.layer_sparsity[name], 1 - kept / n)
+    for prev, cur in zip(res.rounds[1:], res.rounds[2:]):
+        for name in counts:
+            assert not bool((cur.masks[name] & ~prev.masks[name]).any())  # pruned stays pruned
+    total = sum(counts.values())
+    kept_total = sum(int(m.sum()) for m in res.rounds[3].masks.values())
+    assert math.isclose(res.remaining()[3], kept_total / total)
+    assert len(res.test_acc()) == 4 and len(res.test_acc("early_stop")) == 4
+    for r in res.rounds:
+        assert r.history.steps == [5, 10, 15, 20] and len(r.test_curve) == 4
+        assert r.early_stop_step in r.history.steps
+        assert r.early_stop_test_acc == r.test_curve[r.history.steps.index(r.early_stop_step)]
+
+
+def test_imp_rewinds_to_init_exactly() -> None:
+    """With a frozen optimizer, each round's trained state is the rewind state times its mask."""
+    res = lottery.imp(_mlp, DATA, rounds=2, steps=5, optimizer_fn=_frozen, progress=False)
+    sk.seed_everything(0)
+    init = lottery.snapshot(_mlp())
+    assert all(torch.equal(init[k], v) for k, v in res.rewind_state.items())
+    for r in res.rounds[1:]:
+        for name, value in r.state.items():
+            expect = init[name] * r.masks[name] if name in r.masks else init[name]
+            assert torch.equal(value, expect)
+
+
+def test_imp_rewind_point_is_iteration_k() -> None:
+    k = 7
+    res = lottery.imp(_mlp, DATA, rounds=1, steps=20, rewind_step=k, eval_every=4, progress=False)
+    sk.seed_everything(0)
+    model = _mlp()
+    loader = sk.data.loader(DATA.x_train, DATA.y_train, 128, shuffle=True, seed=0)
+    sk.train.train(model, loader, steps=k, optimizer=lottery.default_optimizer(model), progress=False)
+    expect = lottery.snapshot(model)
+    assert all(torch.allclose(expect[n], v, atol=1e-6) for n, v in res.rewind_state.items())
+    assert not torch.equal(res.rewind_state["0.weight"], res.rounds[0].state["0.weight"])
+    # the retrained round runs steps - k iterations and reports iterations from init
+    assert res.rounds[1].history.steps[-1] == 20 - k
+    assert res.rounds[1].early_stop_step > k
+
+
+def test_imp_is_deterministic_and_seeded() -> None:
+    a = lottery.imp(_mlp, DATA, rounds=1, steps=10, seed=3, progress=False)
+    b = lottery.imp(_mlp, DATA, rounds=1, steps=10, seed=3, progress=False)
+    c = lottery.imp(_mlp, DATA, rounds=1, steps=10, seed=4, progress=False)
+    assert a.test_acc() == b.test_acc()
+    assert all(torch.equal(a.rounds[1].masks[n], b.rounds[1].masks[n]) for n in a.rounds[1].masks)
+    assert not torch.equal(a.rewind_state["0.weight"], c.rewind_state["0.weight"])
+
+
+def test_imp_serves_the_cnn() -> None:
+    res = lottery.imp(lambda: sk.models.CNN1d(channels=(4, 4, 4)), DATA, rounds=1, steps=4, eval_every=2,
+                      scope="global", progress=False)
+    assert set(res.rounds[1].masks) == {"conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"}
+    assert 0.19 < res.rounds[1].sparsity < 0.21
+
+
+def test_imp_learns_the_synthetic_task() -> None:
+    res = lottery.imp(_mlp, DATA, rounds=1, steps=60, eval_every=20, progress=False)
+    assert res.rounds[0].test_acc > 0.3  # chance is about 0.1
+
+
+def test_imp_bad_input() -> None:
+    no_val = _splits(n_val=0)
+    with pytest.raises(ValueError, match="validation"):
+        lottery.imp(_mlp, no_val, rounds=1, steps=5)
+    with pytest.raises(TypeError, match="data"):
+        lottery.imp(_mlp, (DATA.x_train, DATA.y_train), rounds=1, steps=5)
+    with pytest.raises(TypeError, match="model_fn"):
+        lottery.imp(_mlp(), DATA, rounds=1, steps=5)
+    with pytest.raises(ValueError, match="rate"):
+        lottery.imp(_mlp, DATA, rounds=1, rate=0.0, steps=5)
+    with pytest.raises(ValueError, match="rate"):
+        lottery.imp(_mlp, DATA, rounds=1, rate=1.0, steps=5)
+    with pytest.raises(ValueError, match="rounds"):
+        lottery.imp(_mlp, DATA, rounds=-1, steps=5)
+    with pytest.raises(TypeError, match="rounds"):
+        lottery.imp(_mlp, DATA, rounds=2.0, steps=5)
+    with pytest.raises(ValueError, match="rewind_step"):
+        lottery.imp(_mlp, DATA, rounds=1, steps=5, rewind_step=5)
+    with pytest.raises(ValueError, match="scope"):
+        lottery.imp(_mlp, DATA, rounds=1, steps=5, scope="channel")
+    with pytest.raises(ValueError, match="output_rate"):
+        lottery.imp(_mlp, DATA, rounds=1, steps=5, output_rate=2.0)
+    with pytest.raises(TypeError, match="nn.Module"):
+        lottery.imp(lambda: "model", DATA, rounds=1, steps=5)
+    res = lottery.imp(_mlp, DATA, rounds=0, steps=2, progress=False)
+    with pytest.raises(ValueError, match="at"):
+        res.test_acc("best")
+
+
+# --- controls and one-shot -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def frozen_result() -> lottery.IMPResult:
+    return lottery.imp(_mlp, DATA, rounds=2, steps=5, optimizer_fn=_frozen, output_rate=0.1, progress=False)
+
+
+def test_random_reinit_keeps_the_mask_and_changes_the_init(frozen_result: lottery.IMPResult) -> None:
+    runs = lottery.random_reinit(frozen_result, progress=False)
+    assert [r.round for r in runs] == [1, 2]
+    for run, ticket in zip(runs, frozen_result.rounds[1:]):
+        for name, mask in ticket.masks.items():
+            assert torch.equal(run.masks[name], mask)
+            survivors = run.state[name][mask]
+            assert not torch.equal(survivors, frozen_result.rewind_state[name][mask])
+            assert bool((run.state[name][~mask] == 0).all())
+
+
+def test_random_mask_keeps_per_layer_sparsity_and_the_init(frozen_result: lottery.IMPResult) -> None:
+    runs = lottery.random_mask(frozen_result, progress=False)
+    for run, ticket in zip(runs, frozen_result.rounds[1:]):
+        assert _remaining(run.masks) == _remaining(ticket.masks)
+        assert run.layer_sparsity == ticket.layer_sparsity
+        assert any(not torch.equal(run.masks[n], m) for n, m in ticket.masks.items())
+        for name, mask in run.masks.items():
+            assert torch.equal(run.state[name][mask], frozen_result.rewind_state[name][mask])
+
+
+def test_one_shot_matches_imp_sparsity_per_layer() -> None:
+    res = lottery.imp(_mlp, DATA, rounds=3, steps=10, output_rate=0.1, progress=False)
+    shot = lottery.one_shot(res, 3, progress=False)
+    for name, s in res.rounds[3].layer_sparsity.items():
+        n = res.rounds[3].masks[name].numel()
+        assert abs(shot.layer_sparsity[name] - s) * n <= 2  # per-round rounding only
+    with pytest.raises(ValueError, match="rounds"):
+        lottery.one_shot(res, 0)
+    with pytest.raises(TypeError, match="IMPResult"):
+        lottery.one_shot("result", 1)
+
+
+def test_retrain_bad_input(frozen_result: lottery.IMPResult) -> None:
+    with pytest.raises(ValueError, match="init"):
+        lottery.retrain(frozen_result, frozen_result.rounds[1].masks, init="zeros")
+    with pytest.raises(TypeError, match="IMPResult"):
+        lottery.retrain({}, {})
+
+
+# --- linear mode connectivity --------------------------------------------------------
+
+
+def test_error_barrier() -> None:
+    assert lottery.error_barrier([0.1, 0.5, 0.3]) == pytest.approx(0.3)
+    assert lottery.error_barrier([0.2, 0.1, 0.2]) == pytest.approx(0.0)
+    assert lottery.error_barrier([0.2, 0.2]) == 0.0
+    with pytest.raises(ValueError, match="two"):
+        lottery.error_barrier([0.1])
+
+
+def test_interpolate_states() -> None:
+    a = {"w": torch.zeros(3), "n": torch.tensor(4)}
+    b = {"w": torch.ones(3), "n": torch.tensor(9)}
+    assert torch.equal(lottery.interpolate_states(a, b, 0.0)["w"], a["w"])
+    assert torch.equal(lottery.interpolate_states(a, b, 1.0)["w"], b["w"])
+    mid = lottery.interpolate_states(a, b, 0.25)
+    assert torch.allclose(mid["w"], torch.full((3,), 0.25)) and int(mid["n"]) == 4
+    with pytest.raises(ValueError, match="alpha"):
+        lottery.interpolate_states(a, b, 1.5)
+    with pytest.raises(ValueError, match="keys"):
+        lottery.interpolate_states(a, {"w": b["w"]}, 0.5)
+
+
+def test_instability_of_identical_runs_is_zero() -> None:
+    # a frozen optimizer makes both copies identical: the error is flat along the line
+    lmc = lottery.instability(_mlp, DATA, rewind_step=0, steps=3, optimizer_fn=_frozen, num_alphas=5,
+                              progress=False)
+    assert lmc.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert max(lmc.errors) - min(lmc.errors) < 1e-9 and abs(lmc.barrier) < 1e-9
+
+
+def test_instability_trained_copies_differ_and_barrier_is_consistent() -> None:
+    masks = {"0.weight": torch.rand(32, 40, generator=torch.Generator().manual_seed(0)) > 0.5}
+    lmc = lottery.instability(_mlp, DATA, rewind_step=4, steps=40, masks=masks, num_alphas=5, progress=False)
+    assert lmc.barrier == pytest.approx(lottery.error_barrier(lmc.errors))
+    assert lmc.end_acc == (pytest.approx(1 - lmc.errors[0]), pytest.approx(1 - lmc.errors[-1]))
+    assert all(0.0 <= e <= 1.0 for e in lmc.errors)
+
+
+def test_instability_bad_input() -> None:
+    with pytest.raises(ValueError, match="data_seeds"):
+        lottery.instability(_mlp, DATA, rewind_step=0, steps=3, data_seeds=(1, 1))
+    with pytest.raises(ValueError, match="rewind_step"):
+        lottery.instability(_mlp, DATA, rewind_step=3, steps=3)
+    with pytest.raises(ValueError, match="num_alphas"):
+        lottery.instability(_mlp, DATA, rewind_step=0, steps=3, num_alphas=1)
+    with pytest.raises(TypeError, match="model_fn"):
+        lottery.instability(None, DATA, rewind_step=0, steps=3)

@@ -1,0 +1,187 @@
+"""select_masks: exact counts, ties, current masks, min_keep; schedules. Oracle: a full stable sort."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparsekit as sk
+import sparsekit.select as select
+
+
+def _oracle_pruned(flat: torch.Tensor, k: int) -> torch.Tensor:
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen[torch.sort(flat, stable=True).indices[:k]] = True
+    return chosen
+
+
+score_shapes = st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=4)
+
+
+@st.composite
+def score_dicts(draw):
+    shapes = draw(score_shapes)
+    seed = draw(st.integers(0, 2**16))
+    levels = draw(st.sampled_from([None, 3]))  # None: continuous; 3: many ties
+    gen = torch.Generator().manual_seed(seed)
+    scores = {}
+    for i, shape in enumerate(shapes):
+        s = torch.rand(shape, generator=gen)
+        scores[f"l{i}.weight"] = (s * levels).floor() if levels else s
+    return scores
+
+
+@settings(max_examples=60, deadline=None)
+@given(score_dicts(), st.floats(0.0, 0.999))
+def test_global_exact_count_and_matches_stable_sort_oracle(scores, sparsity):
+    masks = sk.select_masks(scores, sparsity, scope="global")
+    total = sum(s.numel() for s in scores.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(sparsity * total)
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    pruned = torch.cat([(~m).flatten() for m in masks.values()])
+    assert torch.equal(pruned, _oracle_pruned(flat, round(sparsity * total)))
+    for name, s in scores.items():
+        assert masks[name].shape == s.shape and masks[name].dtype == torch.bool
+
+
+@settings(max_examples=60, deadline=None)
+@given(score_dicts(), st.floats(0.0, 0.999))
+def test_layer_exact_count_per_tensor(scores, sparsity):
+    masks = sk.select_masks(scores, sparsity, scope="layer")
+    for name, s in scores.items():
+        assert int((~masks[name]).sum()) == round(sparsity * s.numel())
+        assert torch.equal((~masks[name]).flatten(), _oracle_pruned(s.flatten(), round(sparsity * s.numel())))
+
+
+@settings(max_examples=40, deadline=None)
+@given(score_dicts(), st.floats(0.0, 0.6), st.floats(0.0, 0.39))
+def test_current_masks_stay_pruned_and_count(scores, first, extra):
+    current = sk.select_masks(scores, first, scope="global")
+    second = min(first + extra, 0.999)
+    total = sum(s.numel() for s in scores.values())
+    if round(second * total) < sum(int((~m).sum()) for m in current.values()):
+        return  # rounding made the target smaller than what is already pruned
+    masks = sk.select_masks(scores, second, scope="global", current=current)
+    assert sum(int((~m).sum()) for m in masks.values()) == round(second * total)
+    for name in scores:
+        assert not (masks[name] & ~current[name]).any()  # pruned stays pruned
+
+
+def test_current_prunes_even_high_scores():
+    scores = {"w": torch.tensor([[5.0, 1.0, 2.0, 3.0]])}
+    current = {"w": torch.tensor([[False, True, True, True]])}
+    masks = sk.select_masks(scores, 0.5, current=current)
+    assert masks["w"].tolist() == [[False, False, True, True]]
+
+
+def test_ties_broken_by_lower_flat_index_across_tensors():
+    scores = {"a": torch.ones(2, 2), "b": torch.ones(3)}
+    masks = sk.select_masks(scores, 3 / 7)
+    assert masks["a"].tolist() == [[False, False], [False, True]]
+    assert masks["b"].tolist() == [True, True, True]
+    assert sk.select_masks(scores, 3 / 7)["a"].tolist() == masks["a"].tolist()  # deterministic
+
+
+def test_large_input_path_matches_oracle(monkeypatch):
+    """The sampling path (normally above 2**20 entries) is exact, ties included."""
+    monkeypatch.setattr(select, "_EXACT_SORT_LIMIT", 100)
+    monkeypatch.setattr(select, "_SAMPLE_SIZE", 64)
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(30):
+        parts = [torch.randint(0, 4 if trial % 2 else 1000, (n,), generator=gen).float() for n in (300, 0, 500, 77)]
+        n = sum(p.numel() for p in parts)
+        k = int(torch.randint(0, n + 1, (1,), generator=gen))
+        got = torch.cat(select.lowest_k_parts(parts, k))
+        assert torch.equal(got, _oracle_pruned(torch.cat(parts), k)), trial
+
+
+def test_min_keep_prevents_emptying_a_layer():
+    scores = {"small": torch.full((4, 4), 1e-3), "big": torch.rand(10, 10) + 1.0}
+    plain = sk.select_masks(scores, 0.5)
+    assert not plain["small"].any()  # global pruning empties the low-magnitude layer
+    guarded = sk.select_masks(scores, 0.5, min_keep=0.25)
+    assert int(guarded["small"].sum()) == 4
+    assert sum(int((~m).sum()) for m in guarded.values()) == round(0.5 * 116)
+
+
+def test_min_keep_never_revives_current_pruned():
+    scores = {"a": torch.rand(4, 4), "b": torch.rand(4, 4)}
+    current = {"a": torch.zeros(4, 4, dtype=torch.bool), "b": torch.ones(4, 4, dtype=torch.bool)}
+    masks = sk.select_masks(scores, 0.5, current=current, min_keep=0.5)
+    assert not masks["a"].any()
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan")])
+def test_bad_sparsity(sparsity):
+    with pytest.raises(ValueError, match="sparsity"):
+        sk.select_masks({"w": torch.rand(3, 3)}, sparsity)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(scores={"w": torch.rand(3)}, sparsity=0.5, scope="row"), ValueError, "scope"),
+    (dict(scores={}, sparsity=0.5), ValueError, "non-empty"),
+    (dict(scores={"w": torch.tensor([1.0, float("nan")])}, sparsity=0.5), ValueError, "NaN"),
+    (dict(scores={"w": torch.arange(4)}, sparsity=0.5), TypeError, "float"),
+    (dict(scores={"w": torch.rand(4)}, sparsity="0.5"), TypeError, "sparsity"),
+    (dict(scores={"w": torch.rand(4)}, sparsity=0.5, current={"v": torch.ones(4, dtype=torch.bool)}), ValueError, "current"),
+    (dict(scores={"w": torch.rand(4)}, sparsity=0.5, current={"w": torch.ones(3, dtype=torch.bool)}), ValueError, "shape"),
+    (dict(scores={"w": torch.rand(4)}, sparsity=0.25, current={"w": torch.tensor([True, False, False, True])}),
+     ValueError, "already pruned"),
+    (dict(scores={"w": torch.rand(4)}, sparsity=0.5, min_keep=2.0), ValueError, "min_keep"),
+    (dict(scores={"w": torch.rand(4)}, sparsity=0.9, min_keep=0.9), ValueError, "min_keep"),
+])
+def test_select_masks_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        sk.select_masks(**kwargs)
+
+
+def test_lowest_k_bad_k():
+    with pytest.raises(ValueError, match="k must be"):
+        select.lowest_k(torch.rand(5), 6)
+
+
+def test_select_masks_leaves_scores_untouched():
+    scores = {"w": torch.rand(5, 5)}
+    before = scores["w"].clone()
+    current = {"w": torch.arange(25).view(5, 5) % 5 != 0}  # 5 of 25 already pruned
+    sk.select_masks(scores, 0.5, current=current, min_keep=0.1)
+    assert torch.equal(scores["w"], before)
+
+
+def test_imp_sparsity():
+    assert sk.imp_sparsity(0.2, 0) == 0.0
+    assert sk.imp_sparsity(0.2, 1) == pytest.approx(0.2)
+    assert sk.imp_sparsity(0.2, 10) == pytest.approx(1 - 0.8**10)
+    with pytest.raises(ValueError):
+        sk.imp_sparsity(0.2, -1)
+    with pytest.raises(ValueError):
+        sk.imp_sparsity(1.2, 3)
+
+
+def test_cubic_schedule_endpoints_monotone_and_formula():
+    kw = dict(begin_step=10, end_step=110, initial_sparsity=0.0)
+    assert sk.cubic_sparsity(0, 0.9, **kw) == 0.0
+    assert sk.cubic_sparsity(10, 0.9, **kw) == 0.0
+    assert sk.cubic_sparsity(110, 0.9, **kw) == 0.9
+    assert sk.cubic_sparsity(500, 0.9, **kw) == 0.9
+    assert sk.cubic_sparsity(60, 0.9, **kw) == pytest.approx(0.9 * (1 - 0.5**3))
+    values = [sk.cubic_sparsity(t, 0.9, **kw) for t in range(0, 120)]
+    assert all(a <= b for a, b in zip(values, values[1:]))
+    # prunes faster early: the first half of the schedule does most of the work
+    assert sk.cubic_sparsity(60, 0.9, **kw) > 0.9 * 0.8
+
+
+@pytest.mark.parametrize("kwargs", [dict(begin_step=5, end_step=5), dict(begin_step=5, end_step=2),
+                                    dict(begin_step=0, end_step=10, initial_sparsity=1.0)])
+def test_cubic_schedule_bad_input(kwargs):
+    with pytest.raises(ValueError):
+        sk.cubic_sparsity(3, 0.5, **kwargs)
+
+
+def test_one_shot_validates():
+    assert select.one_shot(0.5) == 0.5
+    with pytest.raises(ValueError):
+        select.one_shot(1.0)
+    assert math.isclose(select.one_shot(0), 0.0)

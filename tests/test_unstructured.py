@@ -1,0 +1,159 @@
+"""Tests for sparsekit.unstructured: one-shot, iterative and gradual magnitude pruning."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparsekit as sk
+from sparsekit import unstructured as un
+
+
+def tiny_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    return x, y, sk.data.loader(x, y, 16, shuffle=True, seed=seed)
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return sk.models.MLP(8, (16, 16), 2)
+
+
+def test_prune_layer_scope_gives_exact_per_layer_counts_of_smallest_weights():
+    model = mlp()
+    before = {k: v.detach().clone() for k, v in sk.prunable_weights(model).items()}
+    masks = un.prune(model, 0.5, "layer")
+    for name, w in before.items():
+        assert int((~masks[name]).sum()) == round(0.5 * w.numel())
+        # every pruned |w| <= every kept |w|
+        assert w.abs()[~masks[name]].max() <= w.abs()[masks[name]].min()
+    assert sk.sparsity(model) == pytest.approx(0.5, abs=0.01)
+
+
+def test_prune_global_uses_one_threshold():
+    model = mlp()
+    w = {k: v.detach().abs().clone() for k, v in sk.prunable_weights(model).items()}
+    masks = un.prune(model, 0.6, "global", min_keep=0.0)
+    pruned = torch.cat([w[k][~m] for k, m in masks.items()])
+    kept = torch.cat([w[k][m] for k, m in masks.items()])
+    assert pruned.max() <= kept.min()
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.6 * sum(v.numel() for v in w.values()))
+
+
+def test_min_keep_guard_prevents_layer_collapse():
+    model = mlp()
+    with torch.no_grad():
+        sk.prunable_weights(model)["2.weight"].mul_(1e-3)  # the small layer global pruning empties
+    unguarded = sk.select_masks(sk.scores.magnitude(model), 0.9, "global")
+    assert unguarded["2.weight"].sum() == 0
+    masks = un.prune(model, 0.9, "global")  # default guard
+    assert masks["2.weight"].sum() >= math.ceil(un.DEFAULT_MIN_KEEP * 256)
+    with pytest.raises(ValueError):
+        un.prune(mlp(), 0.995, "global", min_keep=0.01)
+
+
+def test_prune_with_random_scores_and_repeated_pruning_only_grows():
+    model = mlp()
+    m1 = un.prune(model, 0.3, scores=sk.scores.random(model, 1))
+    m2 = un.prune(model, 0.6)
+    for k in m1:
+        assert not (m2[k] & ~m1[k]).any()  # nothing revived
+    assert sk.sparsity(model) == pytest.approx(0.6, abs=0.01)
+    with pytest.raises(ValueError, match="sparsity can only grow"):
+        un.prune(model, 0.2)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
+def test_prune_bad_sparsity(bad):
+    with pytest.raises(ValueError, match="sparsity"):
+        un.prune(mlp(), bad)
+
+
+def test_prune_bad_scope():
+    with pytest.raises(ValueError, match="scope"):
+        un.prune(mlp(), 0.5, "row")
+
+
+def test_fine_tune_holds_masks_and_requires_them():
+    x, y, loader = tiny_data()
+    model = mlp()
+    masks = un.prune(model, 0.8, "layer")
+    un.fine_tune(model, loader, steps=5, lr=1e-2, progress=False)
+    for name, w in sk.effective_weights(model).items():
+        assert (w[~masks[name]] == 0).all()
+    with pytest.raises(ValueError, match="no masks"):
+        un.fine_tune(mlp(), loader, steps=1, progress=False)
+
+
+def test_iterative_prune_reaches_final_sparsity_geometrically():
+    _, _, loader = tiny_data()
+    model = mlp()
+    reached = un.iterative_prune(model, loader, 0.875, rounds=3, epochs_per_round=1, progress=False)
+    assert reached == pytest.approx([0.5, 0.75, 0.875])
+    assert sk.sparsity(model) == pytest.approx(0.875, abs=0.01)
+    with pytest.raises(ValueError, match="rounds"):
+        un.iterative_prune(model, loader, 0.9, rounds=0, epochs_per_round=1)
+    with pytest.raises(ValueError, match="epochs_per_round"):
+        un.iterative_prune(model, loader, 0.9, rounds=1, epochs_per_round=0)
+
+
+def test_gradual_pruning_hook_follows_the_cubic_schedule():
+    _, _, loader = tiny_data()
+    model = mlp()
+    hook = un.GradualPruning(0.8, begin_step=2, end_step=10, every=4)
+    sk.train.train(model, loader, steps=12, step_hook=hook, progress=False)
+    assert [s for s, _ in hook.schedule] == [2, 6, 10]
+    assert [v for _, v in hook.schedule] == pytest.approx([0.0, 0.8 * (1 - 0.5 ** 3), 0.8])
+    assert sk.sparsity(model) == pytest.approx(0.8, abs=0.01)
+    assert hook.sparsity_at(0) == 0.0 and hook.sparsity_at(100) == 0.8
+
+
+def test_gradual_pruning_bad_arguments():
+    with pytest.raises(ValueError):
+        un.GradualPruning(0.9, begin_step=10, end_step=5)
+    with pytest.raises(ValueError, match="every"):
+        un.GradualPruning(0.9, begin_step=0, end_step=5, every=0)
+    with pytest.raises(ValueError, match="scope"):
+        un.GradualPruning(0.9, begin_step=0, end_step=5, scope="block")
+    with pytest.raises(ValueError):
+        un.GradualPruning(1.5, begin_step=0, end_step=5)
+
+
+def test_sensitivity_scan_leaves_model_and_prunes_one_layer():
+    x, y, _ = tiny_data()
+    model = mlp()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    scan = un.sensitivity_scan(model, x, y, [0.0, 0.5, 0.99])
+    assert set(scan) == {"0.weight", "2.weight", "4.weight"}
+    dense_acc = sk.train.accuracy(model, x, y)
+    assert all(accs[0] == dense_acc for accs in scan.values())  # s = 0 is the dense model
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert not sk.get_masks(model)
+    with pytest.raises(ValueError, match="unknown weight names"):
+        un.sensitivity_scan(model, x, y, [0.5], names=["fc.weight"])
+
+
+def test_sensitivity_scan_changes_accuracy_when_a_layer_is_removed():
+    # A model whose output depends on one layer: pruning that layer fully (~99 %) breaks it.
+    x, y, loader = tiny_data(256)
+    model = mlp()
+    sk.train.train(model, loader, epochs=20, lr=1e-2, progress=False)
+    scan = un.sensitivity_scan(model, x, y, [0.0, 0.99], names=["4.weight"])
+    assert scan["4.weight"][0] > 0.9 and scan["4.weight"][1] < scan["4.weight"][0]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.floats(0.0, 0.95), st.sampled_from(["global", "layer"]), st.integers(0, 3))
+def test_property_prune_reaches_sparsity(s, scope, seed):
+    model = mlp(seed)
+    un.prune(model, s, scope, min_keep=0.0)
+    total = sum(w.numel() for w in sk.prunable_weights(model).values())
+    zeros = sum(int((~m).sum()) for m in sk.get_masks(model).values())
+    if scope == "global":
+        assert zeros == round(s * total)
+    else:
+        assert zeros == sum(round(s * w.numel()) for w in sk.prunable_weights(model).values())
