@@ -79,8 +79,9 @@ def test_colab_setup_cell_uses_config_url(path):
 def test_notebook_cites_and_checks(path):
     nb = _load(path)
     markdown = "\n".join(_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
-    keys = re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", markdown)
-    assert keys, f"{path.name}: no {{cite}} reference"
+    keys = re.findall(r"\{(?:foot)?cite(?::\w+)?\}`([^`]+)`", markdown)
+    assert keys, f"{path.name}: no {{cite}} / {{footcite}} reference"
+    assert "{footbibliography}" in markdown, f"{path.name}: no references section (footbibliography)"
     bib = (ROOT / "book" / "references.bib").read_text()
     for key in ",".join(keys).split(","):
         assert f"{{{key.strip()}," in bib, f"{path.name}: citation key {key!r} is not in references.bib"
