@@ -44,8 +44,11 @@ execute: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sparsekit tests benchmarks
 
+# CPU benchmarks (ratios measured side by side in one run; run on a quiet machine).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_select.py
+	$(BIN)/python benchmarks/bench_execute.py --check
+	$(BIN)/python benchmarks/bench_structured.py
 
 clean:
 	rm -rf _build

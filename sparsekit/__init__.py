@@ -32,7 +32,9 @@ from .select import cubic_sparsity, imp_sparsity, select_masks
 __version__ = "0.1.0"
 
 # Chapter modules, imported on first attribute access.
-_LAZY_MODULES = ("at_init", "execute", "kernels", "lottery", "movement", "nm", "structured")
+_LAZY_MODULES = (
+    "at_init", "execute", "graph", "kernels", "lottery", "movement", "nm", "pretrained", "structured", "unstructured",
+)
 # Top-level names that live in a chapter module: name -> module.
 _LAZY_NAMES = {
     "nm_mask": "nm", "is_nm": "nm", "compress_24": "nm", "decompress_24": "nm",
