@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="output folder (default: benchmarks/results on a GPU, a temp dir for --dry-run)")
     p.add_argument("--budget", type=float, default=240.0, help="stop timing new shapes after this many seconds")
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="override the batch sizes")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="override the square weight sizes")
     return p.parse_args(argv)
 
 
@@ -154,12 +157,14 @@ def device_info(device: str) -> dict[str, str]:
     return info
 
 
+@functools.lru_cache(maxsize=4)
 def pruned_weight(size: int, dtype: torch.dtype, device: str, seed: int = 0) -> torch.Tensor:
+    """A ``[size, size]`` 2:4-pruned weight (cached: the CPU pruning of 8192^2 takes seconds)."""
     import sparsekit as sk
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    w = torch.randn(size, size, generator=gen) / math.sqrt(size)
-    return (w * sk.nm_mask(w)).to(dtype).to(device)
+    w = (torch.randn(size, size, generator=gen) / math.sqrt(size)).to(device)
+    return (w * sk.nm_mask(w)).to(dtype)
 
 
 # ------------------------------------------------------------------ 1. correctness
@@ -241,20 +246,27 @@ def time_shapes(device: str, batches: tuple[int, ...], sizes: tuple[int, ...], t
                 continue
             x = torch.randn(batch, size, device=device).to(torch.float16)
             candidates = {
-                "dense": lambda x=x: F.linear(x, w),
-                "sparse24": lambda x=x: kernels.sparse24_linear(x, values, meta),
+                "dense": lambda x=x, w=w: F.linear(x, w),
+                "sparse24": lambda x=x, v=values, m=meta: kernels.sparse24_linear(x, v, m),
             }
-            if ws is not None:
-                candidates["semi"] = lambda x=x: F.linear(x, ws)
+            if ws is not None:  # last: if its graph capture misbehaves, the others are already timed
+                candidates["semi"] = lambda x=x, ws=ws: F.linear(x, ws)
             else:
                 row["semi"] = semi_err
+            methods = []
             for key, fn in candidates.items():
                 try:
                     seconds, method = timer(fn)
                     row[key] = seconds
-                    row["method"] = method
+                    methods.append(method)
                 except Exception as exc:  # noqa: BLE001
                     row[key] = f"error: {short_error(exc)}"
+                    if device == "cuda":
+                        try:
+                            torch.cuda.synchronize()
+                        except Exception:  # noqa: BLE001 - a sticky CUDA error will show in later rows
+                            pass
+            row["method"] = "/".join(sorted(set(methods))) or "n/a"
             rows.append(row)
     return rows
 
@@ -307,9 +319,13 @@ def render(info: dict[str, str], checks: list[dict[str, str]], timings: list[dic
               "## Correctness", "", "| check | result |", "| --- | --- |"]
     lines += [f"| {c['check']} | {c['result']} |" for c in checks]
     method = next((str(r["method"]) for r in timings if "method" in r), "n/a")
+    how = {"graph": "CUDA graphs of back-to-back calls (launch overhead excluded)",
+           "eager/graph": "CUDA graphs where capture worked, else eager back-to-back calls (see JSON)",
+           "eager": "eager back-to-back calls with CUDA events (launch overhead included)",
+           "cpu": "CPU wall clock (sk.bench.time_fn)"}.get(method, method)
     lines += ["", "## fp16 `y = x @ W.T`, W 2:4-sparse, median ms per call",
               "",
-              f"Timing: {'CUDA graph of back-to-back calls (launch overhead excluded)' if method == 'graph' else method}. "
+              f"Timing: {how}. "
               "A 4096 x 4096 fp16 weight (32 MiB) fits in an H100's L2 cache; 8192 x 8192 (128 MiB) does not.",
               "", "| batch | W | dense cuBLAS | semi-structured | sparse24_linear | semi / dense speedup | "
               "sparse24 / dense speedup |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -317,8 +333,9 @@ def render(info: dict[str, str], checks: list[dict[str, str]], timings: list[dic
         if "note" in r:
             lines.append(f"| {r['batch']} | {r['size']} | {r['note']} | | | | |")
             continue
-        lines.append(f"| {r['batch']} | {r['size']}x{r['size']} | {fmt_ms(r.get('dense'))} | {fmt_ms(r.get('semi'))} | "
-                     f"{fmt_ms(r.get('sparse24'))} | {fmt_ratio(r.get('dense'), r.get('semi'))} | "
+        lines.append(f"| {r['batch']} | {r['size']}x{r['size']} | {fmt_ms(r.get('dense'))} | "
+                     f"{fmt_ms(r.get('semi'))} | {fmt_ms(r.get('sparse24'))} | "
+                     f"{fmt_ratio(r.get('dense'), r.get('semi'))} | "
                      f"{fmt_ratio(r.get('dense'), r.get('sparse24'))} |")
     lines += ["", "## `prune_compress_24` bandwidth (fp16, bytes read + written) vs a device-to-device copy", "",
               "| W | prune_compress_24 ms | GB/s | copy ms | copy GB/s | fraction of copy |",
@@ -374,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     semi_ok, semi_reason = kernels.semi_structured_status()
     semi_ok = semi_ok and not dry_run
     batches, sizes = (DRY_BATCHES, DRY_SIZES) if dry_run else (GPU_BATCHES, GPU_SIZES)
+    batches = tuple(args.batches or batches)
+    sizes = tuple(args.sizes or sizes)
+    if any(s % 64 for s in sizes) or any(b < 1 for b in batches):
+        raise ValueError(f"sizes must be multiples of 64 and batches positive, got {sizes}, {batches}")
     timer = Timer(device, repeats=args.repeats or (3 if dry_run else 20), inner=1 if dry_run else 20)
     info = device_info(device)
     print(f"device: {info['device']}  ({info['date']})", flush=True)

@@ -112,8 +112,9 @@ def prune_at_init(
     """Masks reaching ``sparsity`` chosen by ``method`` before any training.
 
     Args:
-        model: left unchanged (each round scores it under the masks chosen so far).
-            Masks it already carries are kept and count toward ``sparsity``.
+        model: left unchanged (each round scores it under the masks chosen so far,
+            through the ``masks=`` argument of the scores). Masks it already carries
+            are kept and count toward ``sparsity``.
         method: one of :data:`METHODS`.
         sparsity: total fraction pruned afterwards, in ``[0, 1)``
             (use :func:`compression_to_sparsity` for a compression ratio).
@@ -124,17 +125,43 @@ def prune_at_init(
             2020's iterative SynFlow), 1 (one-shot) otherwise.
         scope: ``"global"`` (one ranking over all layers, as in all three papers) or
             ``"layer"``.
+        seed: for ``"random"``.
 
     Returns:
         ``{plain weight name: bool mask}`` for every prunable weight.
+    """
+    if rounds is None and method in METHODS:
+        rounds = DEFAULT_ROUNDS.get(method, 1)
+    return pruning_path(model, method, sparsity, rounds=rounds, inputs=inputs, targets=targets,
+                        scope=scope, seed=seed, loss_fn=loss_fn)[-1]
+
+
+def pruning_path(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    *,
+    rounds: int,
+    inputs: Tensor | None = None,
+    targets: Tensor | None = None,
+    scope: str = "global",
+    seed: int = 0,
+    loss_fn: LossFn = F.cross_entropy,
+) -> list[dict[str, Tensor]]:
+    """The masks after *every* round of iterative pruning to ``sparsity``.
+
+    Entry ``k`` (0-based) reaches ``exponential_schedule(sparsity, rounds)[k]`` and is
+    what ``prune_at_init(model, method, that sparsity, rounds=k + 1)`` returns: the
+    schedule shrinks the density by the same factor every round, so stopping after
+    ``k + 1`` rounds is the same as aiming lower with fewer rounds. One run therefore
+    gives a whole compression sweep, and the round at which a layer first collapses.
+    Arguments as in :func:`prune_at_init`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     sparsity = _check_sparsity(sparsity)
-    if rounds is None:
-        rounds = DEFAULT_ROUNDS.get(method, 1)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     if scope not in ("global", "layer"):
@@ -145,11 +172,12 @@ def prune_at_init(
     if current is not None:
         total = sum(w.numel() for w in prunable_weights(model).values())
         start = sum(int((~m).sum()) for m in current.values()) / total
+    path = []
     for target in exponential_schedule(sparsity, rounds, min(start, sparsity)):
         s = score(model, method, inputs=inputs, targets=targets, seed=seed, loss_fn=loss_fn, masks=current)
         current = select_masks(s, target, scope, current=current)
-    assert current is not None  # at least one round ran
-    return current
+        path.append(current)
+    return path
 
 
 def remaining_fraction(masks: Mapping[str, Tensor]) -> dict[str, float]:

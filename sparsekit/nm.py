@@ -8,12 +8,12 @@ and later) skip the zeros: the weight is stored as its kept values (half the ent
 
 This module holds, top to bottom:
 
-1. masks: :func:`nm_mask`, :func:`is_nm`, and model-level :func:`nm_masks` / :func:`apply_nm`;
-2. the 2:4 format: :func:`compress_24` / :func:`decompress_24`;
+1. masks: ``nm_mask``, ``is_nm``, and model-level ``nm_masks`` / ``apply_nm``;
+2. the 2:4 format: ``compress_24`` / ``decompress_24``;
 3. training: the straight-through estimator and SR-STE (Zhou et al. 2021) as a
-   parametrization (:func:`apply_ste`, :func:`finalize_ste`) and mask-flip counting;
-4. channel permutations (Pool & Yu 2021): :func:`search_permutation`,
-   :func:`permute_channels`, :func:`permute_for_nm`.
+   parametrization (``apply_ste``, ``finalize_ste``) and mask-flip counting;
+4. channel permutations (Pool & Yu 2021): ``search_permutation``,
+   ``permute_channels``, ``permute_for_nm``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _named_weights(model: nn.Module) -> dict[str, Tensor]:
 
 def apply_nm(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tensor] | None = None,
              *, strict: bool = False) -> dict[str, Tensor]:
-    """One-shot N:M pruning: compute :func:`nm_masks` and hold them with ``sk.apply_masks``.
+    """One-shot N:M pruning: compute ``nm_masks`` and hold them with ``sk.apply_masks``.
 
     Returns the masks applied. Layers that cannot be N:M are left dense (see ``nm_masks``).
     """
@@ -211,7 +211,7 @@ def _unpack_meta(meta: Tensor, groups: int) -> tuple[Tensor, Tensor]:
 
 
 def decompress_24(values: Tensor, meta: Tensor) -> Tensor:
-    """The dense tensor ``[..., K]`` that :func:`compress_24` compressed (its exact inverse).
+    """The dense tensor ``[..., K]`` that ``compress_24`` compressed (its exact inverse).
 
     A nibble whose indices are not ``i0 < i1`` (not produced by ``compress_24``) raises
     ``ValueError``; so do mismatched shapes. ``meta`` must be uint8 (else ``TypeError``).
@@ -301,7 +301,7 @@ def _ste_of(module: nn.Module) -> NMSTE | None:
 
 
 def apply_ste(model: nn.Module, n: int = 2, m: int = 4, lam: float = 0.0) -> list[str]:
-    """Register :class:`NMSTE` on every Linear / Conv weight whose input dim is a multiple of ``m``.
+    """Register ``NMSTE`` on every Linear / Conv weight whose input dim is a multiple of ``m``.
 
     ``lam = 0``: straight-through estimator; ``lam > 0``: SR-STE (Zhou et al. 2021 use
     ``lam = 2e-4`` with SGD). Returns the weight names that were made N:M.
@@ -330,7 +330,7 @@ def ste_masks(model: nn.Module) -> dict[str, Tensor]:
 
 
 def finalize_ste(model: nn.Module) -> dict[str, Tensor]:
-    """Freeze the STE masks: remove :class:`NMSTE` and hold the final masks with ``apply_masks``.
+    """Freeze the STE masks: remove ``NMSTE`` and hold the final masks with ``apply_masks``.
 
     The dense weights come back, then the N:M mask of their final values is applied as an
     ordinary sparsekit mask (so fine-tuning keeps the pattern). Returns those masks.
@@ -510,7 +510,7 @@ def _permute_tensor_param(module: nn.Module, name: str, perm: Tensor, dim: int) 
     stored.copy_(stored.index_select(dim, perm))
     if parametrize.is_parametrized(module, name):
         for p in module.parametrizations[name]:
-            for buf_name, buf in p.named_buffers(recurse=False):
+            for buf in p.buffers(recurse=False):
                 if buf.shape == stored.shape:
                     buf.copy_(buf.index_select(dim, perm))
 
@@ -520,7 +520,7 @@ def permute_for_nm(model: nn.Module, pairs: Sequence[tuple[str, str] | tuple[str
     """Search and apply a channel permutation for each ``(producer, consumer[, batchnorms])``.
 
     Names are module names (``"0"``, ``"2"`` in an MLP). Each consumer's input columns are
-    permuted to maximize the N:M-kept magnitude (:func:`search_permutation`), the producer's
+    permuted to maximize the N:M-kept magnitude (``search_permutation``), the producer's
     outputs with them, so ``model`` computes the same function. Returns
     ``{consumer weight name: (kept magnitude before, after)}``.
     """

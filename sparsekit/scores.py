@@ -146,7 +146,7 @@ def _loss_and_weights(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn
 
 def snip(model: nn.Module, inputs: Tensor, targets: Tensor,
          loss_fn: LossFn = F.cross_entropy, *, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-    """SNIP connection sensitivity ``|g * w|`` on one batch (Lee et al. 2019, Eq. 6).
+    """SNIP connection sensitivity ``|g * w|`` on one batch (Lee et al. 2019).
 
     With a gate ``c`` on every connection (``w -> c * w``), ``dL/dc`` at ``c = 1`` is
     ``g * w``: the first-order change of the loss when the connection is removed. Lee
@@ -194,7 +194,7 @@ def grasp(model: nn.Module, inputs: Tensor, targets: Tensor,
 
 def synflow(model: nn.Module, example_input: Tensor, *,
             masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-    """SynFlow: ``(dR/dw) * w`` with ``R = 1^T (prod_l |W_l|) 1`` (Tanaka et al. 2020, Eq. 2).
+    """SynFlow: ``(dR/dw) * w`` with ``R = 1^T (prod_l |W_l|) 1`` (Tanaka et al. 2020).
 
     Data-free: every parameter and floating buffer is replaced by its absolute value in
     float64 (so the network is linear and positive), the input is one example of all

@@ -7,10 +7,12 @@ GPU-only tests (real Triton compilation, torch semi-structured) skip cleanly wit
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -283,3 +285,58 @@ def test_compiled_kernels_on_gpu_fp16():
         y = kernels.sparse24_linear(x, values, meta)
         ref = (x.float() @ sk.decompress_24(values, meta).float().T)
         assert float((y.float() - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
+
+
+def test_autotuned_wrapper_kernel_runs_under_fixed_blocks():
+    """The autotuner's kernel (with its M_BUCKET argument) computes the same as the plain one."""
+    from sparsekit.kernels import triton24
+
+    gen = torch.Generator().manual_seed(5)
+    values, meta = kernels.prune_compress_24(torch.randn(20, 40, generator=gen).to(DEVICE))
+    x = torch.randn(3, 40, generator=gen).to(DEVICE)
+    bias = torch.randn(20, generator=gen).to(DEVICE)
+    y = torch.empty(3, 20, device=DEVICE)
+    tuned = triton24._kernels()["linear_tuned"]
+    tuned.fn[(1, 2)](x, values, meta, bias, y, 3, 20, 40, x.stride(0), values.stride(0), meta.stride(0),
+                     y.stride(0), triton24._m_bucket(3), HAS_BIAS=True, UPCAST=False, IEEE=True,
+                     BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
+    torch.testing.assert_close(y, kernels.sparse24_linear(x, values, meta, bias), rtol=1e-5, atol=1e-5)
+    assert triton24._m_bucket(1) == 16 and triton24._m_bucket(17) == 32 and triton24._m_bucket(4096) == 4096
+
+
+def _load_gpu_24():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_24.py"
+    spec = importlib.util.spec_from_file_location("gpu_24", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(CUDA, reason="the dry run is the CPU path; on a GPU run the script itself")
+def test_gpu_benchmark_dry_run(tmp_path):
+    gpu_24 = _load_gpu_24()
+    status = gpu_24.main(["--dry-run", "--out", str(tmp_path), "--sizes", "64", "--batches", "1", "3",
+                          "--repeats", "1"])
+    assert status == 0
+    (md,) = tmp_path.glob("gpu_24_DRYRUN_*.md")
+    text = md.read_text()
+    assert "DRY RUN" in text and "not GPU measurements" in text
+    assert text.count("pass (bit-exact)") == 3 and "FAIL" not in text and "ERROR" not in text
+    assert "| 1 | 64x64 |" in text and "| 3 | 64x64 |" in text and "unavailable" in text
+    assert "64x64 |" in text.split("bandwidth")[1]
+    (js,) = tmp_path.glob("gpu_24_DRYRUN_*.json")
+    assert '"dry_run": true' in js.read_text()
+    # the results folder is never written by a dry run
+    assert not list((Path(gpu_24.RESULTS)).glob("gpu_24_DRYRUN_*"))
+
+
+def test_gpu_benchmark_render_goals():
+    gpu_24 = _load_gpu_24()
+    timings = [{"batch": 1, "size": 8192, "dense": 2.0e-4, "sparse24": 1.0e-4, "method": "graph"},
+               {"batch": 16, "size": 8192, "dense": 2.0e-4, "sparse24": 1.6e-4, "method": "graph"}]
+    bw = [{"size": 8192, "prune_gbps": 2000.0, "copy_gbps": 3000.0, "prune_ms": 0.1, "copy_ms": 0.1}]
+    lines = gpu_24.goals(timings, bw, dry_run=False)
+    assert "NOT met" in lines[0] and "2.00x, 1.25x" in lines[0]
+    assert "met (67%)" in lines[1]
+    with pytest.raises(ValueError, match="multiples of 64"):
+        gpu_24.main(["--dry-run", "--sizes", "30"])

@@ -28,8 +28,8 @@ def test_nm_mask_ties_go_to_lower_index():
     assert sk.nm_mask(torch.zeros(1, 4), 1, 4).tolist() == [[True, False, False, False]]
 
 
-@given(rows=st.integers(1, 5), groups=st.integers(1, 6), nm_=st.sampled_from([(1, 2), (1, 4), (2, 4), (3, 4), (2, 8), (4, 8)]),
-       seed=st.integers(0, 10_000))
+@given(rows=st.integers(1, 5), groups=st.integers(1, 6),
+       nm_=st.sampled_from([(1, 2), (1, 4), (2, 4), (3, 4), (2, 8), (4, 8)]), seed=st.integers(0, 10_000))
 @settings(max_examples=40, deadline=None)
 def test_nm_mask_counts_and_dominance(rows, groups, nm_, seed):
     n, m = nm_

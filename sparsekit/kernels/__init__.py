@@ -1,12 +1,12 @@
 """GPU code for 2:4 sparsity: Triton kernels, PyTorch's semi-structured adapter, capability checks.
 
-* :func:`prune_compress_24` — one Triton pass: prune a 2-D weight to 2:4 by magnitude and
-  write the compressed format of :func:`sparsekit.compress_24`, bit for bit.
-* :func:`sparse24_linear` — ``x @ W.T + bias`` that reads only the compressed weight
+* ``prune_compress_24`` — one Triton pass: prune a 2-D weight to 2:4 by magnitude and
+  write the compressed format of ``sparsekit.compress_24``, bit for bit.
+* ``sparse24_linear`` — ``x @ W.T + bias`` that reads only the compressed weight
   (``values``, ``meta``) and decompresses it in registers.
-* :func:`to_semi_structured` — swap a model's Linear weights for
+* ``to_semi_structured`` — swap a model's Linear weights for
   ``torch.sparse.to_sparse_semi_structured`` tensors (Sparse Tensor Cores, sm_80+).
-* :func:`sparse_tensor_cores_available` — can this machine run 2:4 on tensor cores?
+* ``sparse_tensor_cores_available`` — can this machine run 2:4 on tensor cores?
 
 Triton is imported lazily, on the first kernel call, so ``import sparsekit`` (and this
 package) never imports it. On a machine without CUDA the kernels run under Triton's CPU

@@ -8,7 +8,7 @@ says why instead of failing deep inside a CUDA kernel.
 
 Pitfall worth a check: the conversion does **not** verify that the weight is 2:4; in a
 group with three or four nonzeros it keeps two and silently drops the rest. So
-:func:`to_semi_structured` refuses weights that ``sk.is_nm`` rejects.
+``to_semi_structured`` refuses weights that ``sk.is_nm`` rejects.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def min_weight_shape(dtype: torch.dtype) -> tuple[int, int]:
 
 @dataclass
 class SemiStructuredReport:
-    """What :func:`to_semi_structured` did: swapped layers, skipped layers with reasons."""
+    """What ``to_semi_structured`` did: swapped layers, skipped layers with reasons."""
 
     available: bool
     reason: str

@@ -1,0 +1,253 @@
+"""Tests for sparsekit.at_init: prune_at_init, iterative SynFlow, layer collapse helpers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sparsekit as sk
+from sparsekit import at_init
+
+
+def _batch(n: int = 32, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 40, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _pruned(masks: dict[str, torch.Tensor]) -> int:
+    return sum(int((~m).sum()) for m in masks.values())
+
+
+def _small_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return sk.models.MLP(40, (32, 32), 10)
+
+
+# --- schedules --------------------------------------------------------------------------
+
+
+def test_compression_to_sparsity() -> None:
+    assert at_init.compression_to_sparsity(1) == 0.0
+    assert at_init.compression_to_sparsity(10) == pytest.approx(0.9)
+    assert at_init.compression_to_sparsity(10**3) == pytest.approx(0.999)
+    for bad in [0.5, math.inf, math.nan, -2]:
+        with pytest.raises(ValueError, match="compression"):
+            at_init.compression_to_sparsity(bad)
+    with pytest.raises(TypeError, match="compression"):
+        at_init.compression_to_sparsity("10")  # type: ignore[arg-type]
+
+
+def test_exponential_schedule_shrinks_density_geometrically() -> None:
+    sched = at_init.exponential_schedule(0.999, 3)
+    assert sched[-1] == 0.999
+    assert [1 - s for s in sched] == pytest.approx([0.1, 0.01, 0.001])
+    sched = at_init.exponential_schedule(0.99, 4, initial_sparsity=0.9)
+    assert [1 - s for s in sched] == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(1, 5)])
+    assert at_init.exponential_schedule(0.5, 1) == [0.5]
+
+
+@settings(max_examples=50, deadline=None)
+@given(sparsity=st.floats(0.0, 0.9999), rounds=st.integers(1, 200))
+def test_exponential_schedule_properties(sparsity: float, rounds: int) -> None:
+    sched = at_init.exponential_schedule(sparsity, rounds)
+    assert len(sched) == rounds and sched[-1] == sparsity
+    assert all(a <= b + 1e-12 for a, b in zip(sched, sched[1:]))
+    ratios = [(1 - b) / (1 - a) for a, b in zip([0.0, *sched[:-1]], sched)]
+    assert ratios == pytest.approx([(1 - sparsity) ** (1 / rounds)] * rounds, rel=1e-6)
+
+
+def test_exponential_schedule_bad_input() -> None:
+    with pytest.raises(ValueError, match="rounds"):
+        at_init.exponential_schedule(0.9, 0)
+    with pytest.raises(ValueError, match="sparsity"):
+        at_init.exponential_schedule(1.0, 3)
+    with pytest.raises(ValueError, match="initial_sparsity"):
+        at_init.exponential_schedule(0.5, 3, initial_sparsity=0.8)
+
+
+# --- prune_at_init ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", at_init.METHODS)
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_prune_at_init_exact_count_and_model_untouched(method: str, name: str) -> None:
+    torch.manual_seed(0)
+    model = sk.models.build(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _batch()
+    masks = sk.prune_at_init(model, method, 0.9, inputs=x, targets=y, rounds=3 if method == "synflow" else None)
+    weights = sk.prunable_weights(model)
+    assert list(masks) == list(weights)
+    assert all(masks[k].dtype == torch.bool and masks[k].shape == w.shape for k, w in weights.items())
+    total = sum(w.numel() for w in weights.values())
+    assert _pruned(masks) == round(0.9 * total)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not sk.get_masks(model)
+
+
+def test_one_shot_equals_select_of_the_score() -> None:
+    model = _small_mlp()
+    x, y = _batch()
+    for method, s in [
+        ("magnitude", sk.scores.magnitude(model)),
+        ("random", sk.scores.random(model, 7)),
+        ("snip", sk.scores.snip(model, x, y)),
+        ("grasp", sk.scores.grasp(model, x, y)),
+        ("synflow", sk.scores.synflow(model, x)),
+    ]:
+        got = sk.prune_at_init(model, method, 0.8, inputs=x, targets=y, seed=7, rounds=1)
+        want = sk.select_masks(s, 0.8)
+        assert all(torch.equal(got[k], want[k]) for k in want), method
+
+
+def test_synflow_defaults_to_100_rounds_and_iterating_changes_the_masks() -> None:
+    model = _small_mlp()
+    x, _ = _batch()
+    default = sk.prune_at_init(model, "synflow", 0.99, inputs=x)
+    explicit = sk.prune_at_init(model, "synflow", 0.99, inputs=x, rounds=100)
+    one_shot = sk.prune_at_init(model, "synflow", 0.99, inputs=x, rounds=1)
+    assert all(torch.equal(default[k], explicit[k]) for k in default)
+    assert any(not torch.equal(default[k], one_shot[k]) for k in default)
+    assert at_init.DEFAULT_ROUNDS["synflow"] == 100
+
+
+def test_iterative_synflow_avoids_the_collapse_of_one_shot_synflow() -> None:
+    # Tanaka et al. 2020: one-shot SynFlow on an MLP whose layers have different sizes
+    # empties a layer at high compression; the iterative version keeps every layer.
+    torch.manual_seed(0)
+    model = sk.models.MLP(40, (64, 64), 10)
+    x, _ = _batch()
+    s = at_init.compression_to_sparsity(300)
+    assert sk.layer_collapse(sk.prune_at_init(model, "synflow", s, inputs=x, rounds=1))
+    assert not sk.layer_collapse(sk.prune_at_init(model, "synflow", s, inputs=x, rounds=100))
+
+
+def test_pruning_path_prefixes_equal_shorter_runs_and_are_nested() -> None:
+    torch.manual_seed(0)
+    model = sk.models.CNN1d(channels=(8, 8, 8))
+    x, y = _batch()
+    sched = at_init.exponential_schedule(0.99, 6)
+    for method in ["synflow", "snip"]:
+        path = at_init.pruning_path(model, method, 0.99, rounds=6, inputs=x, targets=y)
+        assert len(path) == 6
+        for k in [0, 2, 5]:
+            short = sk.prune_at_init(model, method, sched[k], rounds=k + 1, inputs=x, targets=y)
+            assert all(torch.equal(short[n], path[k][n]) for n in short), (method, k)
+        for a, b in zip(path, path[1:]):
+            assert all(bool((b[n] <= a[n]).all()) for n in a)  # pruned entries stay pruned
+
+
+def test_existing_masks_are_kept_and_counted() -> None:
+    model = _small_mlp()
+    x, y = _batch()
+    old = sk.select_masks(sk.scores.random(model, 3), 0.5)
+    sk.apply_masks(model, old)
+    total = sum(m.numel() for m in old.values())
+    for method in at_init.METHODS:
+        new = sk.prune_at_init(model, method, 0.8, inputs=x, targets=y, rounds=2)
+        assert _pruned(new) == round(0.8 * total), method
+        assert all(bool((new[k] <= old[k]).all()) for k in old), method
+    with pytest.raises(ValueError, match="sparsity can only grow"):
+        sk.prune_at_init(model, "magnitude", 0.2)
+
+
+def test_layer_scope() -> None:
+    model = _small_mlp()
+    masks = sk.prune_at_init(model, "magnitude", 0.75, scope="layer")
+    assert all(_pruned({k: m}) == round(0.75 * m.numel()) for k, m in masks.items())
+
+
+def test_prune_at_init_bad_input() -> None:
+    model = _small_mlp()
+    x, y = _batch()
+    with pytest.raises(ValueError, match="method must be one of"):
+        sk.prune_at_init(model, "movement", 0.5)
+    with pytest.raises(ValueError, match="sparsity"):
+        sk.prune_at_init(model, "magnitude", 1.0)
+    with pytest.raises(ValueError, match="rounds"):
+        sk.prune_at_init(model, "magnitude", 0.5, rounds=0)
+    with pytest.raises(ValueError, match="scope"):
+        sk.prune_at_init(model, "magnitude", 0.5, scope="row")
+    with pytest.raises(ValueError, match="needs inputs"):
+        sk.prune_at_init(model, "snip", 0.5)
+    with pytest.raises(ValueError, match="needs targets"):
+        sk.prune_at_init(model, "grasp", 0.5, inputs=x)
+    with pytest.raises(TypeError, match="model"):
+        sk.prune_at_init("mlp", "magnitude", 0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="method"):
+        at_init.score(model, "obd")
+
+
+# --- layer collapse and per-layer fractions ----------------------------------------------
+
+
+def test_collapse_helpers_on_hand_masks() -> None:
+    masks = {"a": torch.tensor([True, False, False, False]), "b": torch.zeros(2, 3, dtype=torch.bool)}
+    assert at_init.remaining_fraction(masks) == {"a": 0.25, "b": 0.0}
+    assert at_init.collapsed_layers(masks) == ["b"]
+    assert sk.layer_collapse(masks) is True
+    masks["b"][1, 2] = True
+    assert sk.layer_collapse(masks) is False and at_init.collapsed_layers(masks) == []
+
+
+def test_collapse_helpers_bad_input() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        sk.layer_collapse({})
+    with pytest.raises(TypeError, match="bool"):
+        sk.layer_collapse({"a": torch.ones(3)})
+    with pytest.raises(ValueError, match="empty"):
+        at_init.remaining_fraction({"a": torch.ones(0, dtype=torch.bool)})
+
+
+def test_critical_compression_by_hand() -> None:
+    # Ranks of each layer's best score: a -> 1 (0.9), b -> 3 (0.5 behind 0.9, 0.8).
+    s = {"a": torch.tensor([0.9, 0.8, 0.1]), "b": torch.tensor([0.5, 0.2, 0.3])}
+    assert at_init.critical_compression(s) == 6 / 3
+    with pytest.raises(TypeError, match="float"):
+        at_init.critical_compression({"a": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="NaN"):
+        at_init.critical_compression({"a": torch.tensor([float("nan")])})
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 30), min_size=1, max_size=4), seed=st.integers(0, 10_000))
+def test_critical_compression_is_where_global_selection_first_collapses(sizes: list[int], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    s = {f"l{i}": torch.rand(n, generator=g) for i, n in enumerate(sizes)}  # no ties
+    total = sum(sizes)
+    crit = at_init.critical_compression(s)
+    keep = round(total / crit)  # the fewest kept entries that leave every layer alive
+    assert not sk.layer_collapse(sk.select_masks(s, 1 - keep / total))
+    if keep > 1:
+        assert sk.layer_collapse(sk.select_masks(s, 1 - (keep - 1) / total))
+
+
+# --- the sanity check of Frankle et al. 2021 ---------------------------------------------
+
+
+def test_shuffle_masks_keeps_per_layer_counts_and_moves_entries() -> None:
+    model = sk.models.MLP()
+    masks = sk.prune_at_init(model, "magnitude", 0.9)
+    shuffled = at_init.shuffle_masks(masks, seed=1)
+    assert list(shuffled) == list(masks)
+    for k in masks:
+        assert shuffled[k].shape == masks[k].shape and int(shuffled[k].sum()) == int(masks[k].sum())
+        assert not torch.equal(shuffled[k], masks[k])
+    again = at_init.shuffle_masks(masks, seed=1)
+    assert all(torch.equal(again[k], shuffled[k]) for k in masks)
+    other = at_init.shuffle_masks(masks, seed=2)
+    assert any(not torch.equal(other[k], shuffled[k]) for k in masks)
+    with pytest.raises(TypeError, match="seed"):
+        at_init.shuffle_masks(masks, seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bool"):
+        at_init.shuffle_masks({"a": torch.ones(4)})
+
+
+def test_lazy_top_level_names() -> None:
+    assert sk.prune_at_init is at_init.prune_at_init
+    assert sk.layer_collapse is at_init.layer_collapse
