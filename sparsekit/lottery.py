@@ -345,6 +345,13 @@ def _check_int(value: object, name: str, low: int) -> int:
     return value
 
 
+def _check_model_fn(model_fn: object) -> None:
+    if isinstance(model_fn, nn.Module) or not callable(model_fn):
+        raise TypeError(
+            f"model_fn must be a factory (a callable returning a fresh nn.Module), got {type(model_fn).__name__}"
+        )
+
+
 def _check_data(data: object) -> _data.Splits:
     if not isinstance(data, _data.Splits):
         raise TypeError(f"data must be a sparsekit.data.Splits, got {type(data).__name__}")
@@ -391,8 +398,7 @@ def imp(
         optimizer_fn: ``model -> optimizer`` (default Adam, lr 3e-3), built fresh every run.
         eval_every: iterations between evaluations of validation loss and test accuracy.
     """
-    if not callable(model_fn):
-        raise TypeError(f"model_fn must be a callable returning an nn.Module, got {type(model_fn).__name__}")
+    _check_model_fn(model_fn)
     data = _check_data(data)
     rounds = _check_int(rounds, "rounds", 0)
     rate = _check_rate(rate, "rate")
@@ -553,10 +559,10 @@ def instability(
     ``steps - k`` iterations each with the data orders ``data_seeds``. Evaluate the test
     error of ``(1 - alpha) W_a + alpha W_b`` at ``num_alphas`` evenly spaced ``alpha``.
     A barrier near 0 means the two runs end in one linearly connected minimum: the
-    network is *stable* to SGD noise from iteration ``k``.
+    network is *stable* to SGD noise from iteration ``k``. BatchNorm running statistics are
+    interpolated like the weights (a simplification; re-estimating them is more exact).
     """
-    if not callable(model_fn):
-        raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
+    _check_model_fn(model_fn)
     data = _check_data(data)
     steps = _check_int(steps, "steps", 1)
     rewind_step = _check_int(rewind_step, "rewind_step", 0)

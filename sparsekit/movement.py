@@ -7,11 +7,11 @@ Each pruned matrix ``W`` gets a score matrix ``S`` of the same shape and the lay
 computes with ``W' = W ⊙ M(S)``. With the straight-through estimator (Bengio et al.
 2013) the gradient of the loss reaches the scores as
 
-    dL/dS_ij = dL/dW'_ij · W_ij                                   (Sanh et al. 2020, Eq. 2)
+    dL/dS_ij = dL/dW'_ij · W_ij                                   (Sanh et al. 2020, Sec. 3)
 
 so plain gradient descent with step ``α`` accumulates the *movement score*
 
-    S_ij  <-  S_ij - α · dL/dW'_ij · W_ij                          (Eq. 3)
+    S_ij  <-  S_ij - α · dL/dW'_ij · W_ij                          (the movement score)
 
 which is large when ``W_ij`` is positive and its gradient negative (it grows) or negative
 with a positive gradient (it grows in magnitude): the weight moves away from zero.
@@ -50,6 +50,7 @@ from .masking import (
     _prunable_modules,
     _weight_name,
     apply_masks,
+    get_masks,
     prunable_weights,
 )
 from .select import _check_sparsity, cubic_sparsity, lowest_k, select_masks
@@ -64,7 +65,7 @@ METHODS = ("magnitude", "random", "movement", "soft_movement")
 
 def accumulate_movement(scores: Mapping[str, Tensor] | None, model: nn.Module, alpha: float = 1.0,
                         names: Iterable[str] | None = None) -> dict[str, Tensor]:
-    """One step of Eq. (3): ``S <- S - α · (dL/dW) ⊙ W`` from the gradients now in ``model``.
+    """One step of the movement score: ``S <- S - α · (dL/dW) ⊙ W`` from the gradients now in ``model``.
 
     Call it after ``loss.backward()`` (before ``optimizer.step()``) on a model whose
     weights are *not* masked, to watch movement scores build up during dense fine-tuning.
@@ -108,10 +109,10 @@ def _check_names(weights: Mapping[str, Tensor], names: Iterable[str] | None) -> 
 class ScoreMask(WeightMask):
     """Parametrization ``W -> W ⊙ M`` with learnable scores ``S`` and a straight-through gradient.
 
-    ``mask`` (a bool buffer, as in :class:`WeightMask`) is recomputed from ``scores`` by
+    ``mask`` (a bool buffer, as in :class:`~sparsekit.masking.WeightMask`) is recomputed from ``scores`` by
     :func:`update_hard` / :func:`update_soft` after every optimizer step. The forward value
     is exactly ``W ⊙ M``; the backward pass treats ``M`` as if it were ``S``'s identity, so
-    ``dL/dS = dL/dW' ⊙ W`` (Eq. 2) reaches *every* score, kept or pruned, and a pruned
+    ``dL/dS = dL/dW' ⊙ W`` reaches *every* score, kept or pruned, and a pruned
     weight can come back when its score rises again. ``dL/dW = dL/dW' ⊙ M`` as usual.
     """
 
@@ -294,7 +295,9 @@ class Schedule:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
             raise ValueError(f"steps must be an int >= 2, got {self.steps!r}")
         if not (0.0 <= self.warmup and 0.0 <= self.cooldown and self.warmup + self.cooldown < 1.0):
-            raise ValueError(f"need warmup, cooldown >= 0 with warmup + cooldown < 1, got {self.warmup}, {self.cooldown}")
+            raise ValueError(
+                f"need warmup, cooldown >= 0 with warmup + cooldown < 1, got {self.warmup}, {self.cooldown}"
+            )
         begin, end = self.begin_step, self.end_step
         if end <= begin:
             raise ValueError(f"steps={self.steps} too few for warmup={self.warmup}, cooldown={self.cooldown}")
@@ -368,6 +371,8 @@ def prune_finetune(
         raise ValueError(f"tau is only used by method='soft_movement', got method={method!r}")
     if lam and method != "soft_movement":
         raise ValueError(f"lam is only used by method='soft_movement', got method={method!r}")
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < 1):
+        raise ValueError(f"tau must be a threshold in (0, 1), got {tau!r}")
     chosen = _check_names(prunable_weights(model), names)
     desc = desc or method
 
@@ -383,7 +388,7 @@ def prune_finetune(
             s = schedule(step)
             if s <= 0.0:
                 return
-            current = {k: v for k, v in _current_masks(m).items() if k in chosen}
+            current = {k: v for k, v in get_masks(m).items() if k in chosen}
             score = fixed if fixed is not None else _scores.magnitude(m)
             apply_masks(m, select_masks({n: score[n] for n in chosen}, s, scope="layer", current=current or None))
     else:
@@ -394,9 +399,6 @@ def prune_finetune(
             def hook(step: int, m: nn.Module) -> None:
                 _hard(sms, schedule(step))
         else:
-            if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < 1):
-                raise ValueError(f"tau must be a threshold in (0, 1), got {tau!r}")
-
             def hook(step: int, m: nn.Module) -> None:
                 _soft(sms, tau, None if tau is not None else schedule(step))
 
@@ -408,14 +410,9 @@ def prune_finetune(
 
     history = train(model, train_loader, steps=steps, optimizer=optimizer, loss_fn=loss_fn,
                     val_loader=val_loader, eval_every=steps, step_hook=hook, progress=progress, desc=desc)
-    masks = finalize(model) if method not in ("magnitude", "random") else _current_masks(model)
+    masks = finalize(model) if method not in ("magnitude", "random") else get_masks(model)
     masks = {n: masks[n] for n in chosen if n in masks}
     pruned = sum(int((~m).sum()) for m in masks.values())
     total = sum(prunable_weights(model)[n].numel() for n in chosen)
     return PruneResult(history, masks, pruned / total, method)
 
-
-def _current_masks(model: nn.Module) -> dict[str, Tensor]:
-    from .masking import get_masks
-
-    return get_masks(model)

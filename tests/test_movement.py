@@ -1,0 +1,400 @@
+"""Tests for sparsekit.movement (Sanh et al. 2020) and sparsekit.pretrained."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sparsekit as sk
+from sparsekit import movement as mv
+from sparsekit import pretrained as pt
+
+
+def tiny_layer() -> nn.Linear:
+    layer = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0, -3.0]]))
+    return layer
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return sk.models.MLP(8, (16,), 3)
+
+
+def toy_loader(n: int = 64, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=gen)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return sk.data.loader(x, y, batch_size=16, shuffle=True, seed=seed)
+
+
+# --- the movement score by hand ---------------------------------------------------------
+
+
+def test_accumulate_movement_by_hand():
+    # L = w . x with x = (1, 1): dL/dW = (1, 1), so S = -alpha * (1, 1) * (2, -3) = (-2a, 3a).
+    layer = tiny_layer()
+    layer(torch.tensor([[1.0, 1.0]])).sum().backward()
+    s = mv.accumulate_movement(None, layer, alpha=0.5)
+    assert torch.equal(s["weight"], torch.tensor([[-1.0, 1.5]]))
+    # a second step adds to the first
+    s2 = mv.accumulate_movement(s, layer, alpha=0.5)
+    assert torch.equal(s2["weight"], torch.tensor([[-2.0, 3.0]]))
+    # the negative weight that is pushed further from zero (gradient > 0 when w < 0
+    # means descent makes it *more* negative) gets the higher score
+    assert s["weight"][0, 1] > s["weight"][0, 0]
+
+
+def test_accumulate_movement_does_not_touch_model():
+    layer = tiny_layer()
+    layer(torch.ones(1, 2)).sum().backward()
+    before = layer.weight.detach().clone()
+    mv.accumulate_movement(None, layer)
+    assert torch.equal(layer.weight, before)
+
+
+def test_accumulate_movement_bad_input():
+    layer = tiny_layer()
+    with pytest.raises(ValueError, match="no gradient"):
+        mv.accumulate_movement(None, layer)
+    layer(torch.ones(1, 2)).sum().backward()
+    with pytest.raises(ValueError, match="alpha"):
+        mv.accumulate_movement(None, layer, alpha=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        mv.accumulate_movement(None, layer, alpha=float("nan"))
+    with pytest.raises(ValueError, match="shape"):
+        mv.accumulate_movement({"weight": torch.zeros(2, 1)}, layer)
+    with pytest.raises(ValueError, match="unknown"):
+        mv.accumulate_movement(None, layer, names=["nope.weight"])
+    with pytest.raises(TypeError, match="names"):
+        mv.accumulate_movement(None, layer, names="weight")
+
+
+# --- ScoreMask: straight-through gradient ---------------------------------------------------
+
+
+def test_straight_through_gradient_reaches_every_score():
+    layer = tiny_layer()
+    (scores,) = mv.attach_scores(layer).values()
+    with torch.no_grad():
+        scores.copy_(torch.tensor([[1.0, 0.0]]))
+    mv.update_hard(layer, 0.5)  # prunes the -3 weight (lower score)
+    assert torch.equal(layer.weight.detach(), torch.tensor([[2.0, 0.0]]))
+    x = torch.tensor([[1.0, 4.0]])
+    layer(x).sum().backward()
+    # dL/dW' = x; dL/dS = x * W for kept AND pruned entries (Eq. 2)
+    assert torch.equal(scores.grad, torch.tensor([[2.0, -12.0]]))
+    # the weight itself gets dL/dW' * M: nothing at the pruned entry
+    original = layer.parametrizations.weight.original
+    assert torch.equal(original.grad, torch.tensor([[1.0, 0.0]]))
+
+
+def test_sgd_on_scores_is_the_movement_score():
+    # with nothing pruned, one SGD step of size alpha on S equals Eq. (3) on a dense copy
+    torch.manual_seed(0)
+    dense = nn.Linear(5, 3)
+    masked = copy.deepcopy(dense)
+    x, y = torch.randn(7, 5), torch.randint(0, 3, (7,))
+    F.cross_entropy(dense(x), y).backward()
+    expected = mv.accumulate_movement(None, dense, alpha=0.1)["weight"]
+    scores = mv.attach_scores(masked)["weight"]
+    F.cross_entropy(masked(x), y).backward()
+    torch.optim.SGD([scores], lr=0.1).step()
+    torch.testing.assert_close(scores.detach(), expected, rtol=0, atol=1e-7)
+
+
+def test_score_mask_forward_value_is_exact():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 4)
+    w = layer.weight.detach().clone()
+    scores = mv.attach_scores(layer)["weight"]
+    with torch.no_grad():
+        scores.copy_(torch.randn(4, 6) * 1e-3)
+    mv.update_hard(layer, 0.5)
+    mask = sk.get_masks(layer)["weight"]
+    assert torch.equal(layer.weight.detach(), w * mask)
+    assert sk.sparsity(layer) == 0.5
+
+
+# --- hard and soft masks ---------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 6), cols=st.integers(1, 9), sparsity=st.floats(0.0, 0.99), seed=st.integers(0, 1000))
+def test_update_hard_exact_top_v_per_matrix(rows, cols, sparsity, seed):
+    model = nn.Sequential(nn.Linear(cols, rows), nn.Linear(rows, cols))
+    scores = mv.attach_scores(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for s in scores.values():
+            s.copy_(torch.randint(-3, 4, s.shape, generator=gen).float())  # many ties
+    mv.update_hard(model, sparsity)
+    for name, mask in sk.get_masks(model).items():
+        s = scores[name].detach()
+        n = s.numel()
+        assert int((~mask).sum()) == round(sparsity * n)
+        if mask.any() and (~mask).any():
+            assert s[mask].min() >= s[~mask].max()
+        # same choice (tie-breaking included) as the common per-layer selection
+        assert torch.equal(mask, sk.select_masks({name: s}, sparsity, scope="layer")[name])
+
+
+def test_update_hard_can_revive_a_pruned_weight():
+    layer = tiny_layer()
+    scores = mv.attach_scores(layer)["weight"]
+    with torch.no_grad():
+        scores.copy_(torch.tensor([[1.0, 0.0]]))
+    mv.update_hard(layer, 0.5)
+    assert sk.get_masks(layer)["weight"].tolist() == [[True, False]]
+    with torch.no_grad():
+        scores.copy_(torch.tensor([[0.0, 1.0]]))
+    mv.update_hard(layer, 0.5)
+    assert sk.get_masks(layer)["weight"].tolist() == [[False, True]]
+
+
+def test_update_soft_fixed_tau():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    scores = mv.attach_scores(model)
+    with torch.no_grad():
+        scores["0.weight"].copy_(torch.tensor([[-2.0, 0.0, 2.0], [1.0, -1.0, 0.5]]))
+        scores["1.weight"].copy_(torch.tensor([[-3.0, -0.1], [0.1, 3.0]]))
+    assert mv.update_soft(model, tau=0.5) == 0.5
+    masks = sk.get_masks(model)
+    assert masks["0.weight"].tolist() == [[False, False, True], [True, False, True]]
+    assert masks["1.weight"].tolist() == [[False, False], [True, True]]
+
+
+def test_update_soft_quantile_is_global_and_exact():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    scores = mv.attach_scores(model)
+    with torch.no_grad():
+        scores["0.weight"].copy_(torch.arange(16.0).view(4, 4))  # all higher than layer 1
+        scores["1.weight"].copy_(-1.0 - torch.arange(16.0).view(4, 4))
+    tau = mv.update_soft(model, sparsity=0.5)
+    masks = sk.get_masks(model)
+    assert masks["0.weight"].all() and not masks["1.weight"].any()  # layers differ
+    assert tau == pytest.approx(torch.sigmoid(torch.tensor(-1.0)).item())  # largest pruned
+
+
+def test_soft_penalty_value_and_gradient():
+    layer = tiny_layer()
+    scores = mv.attach_scores(layer, init=0.0)["weight"]
+    pen = mv.soft_penalty(layer)
+    assert pen.item() == pytest.approx(0.5)
+    pen.backward()
+    # d/dS mean sigmoid(S) = sigmoid'(0) / n = 0.25 / 2
+    assert torch.allclose(scores.grad, torch.full((1, 2), 0.125))
+
+
+def test_bad_input_scores():
+    layer = tiny_layer()
+    with pytest.raises(ValueError, match="attach_scores"):
+        mv.update_hard(layer, 0.5)
+    with pytest.raises(ValueError, match="attach_scores"):
+        mv.soft_penalty(layer)
+    with pytest.raises(ValueError, match="init"):
+        mv.attach_scores(layer, init=float("inf"))
+    mv.attach_scores(layer)
+    with pytest.raises(ValueError, match="already masked"):
+        mv.attach_scores(layer)
+    with pytest.raises(ValueError, match="sparsity"):
+        mv.update_hard(layer, 1.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        mv.update_soft(layer)
+    with pytest.raises(ValueError, match="exactly one"):
+        mv.update_soft(layer, tau=0.5, sparsity=0.5)
+    with pytest.raises(ValueError, match="tau"):
+        mv.update_soft(layer, tau=1.5)
+
+
+# --- finalize: back to the common pipeline --------------------------------------------------
+
+
+def test_finalize_leaves_plain_masks():
+    model = mlp()
+    mv.attach_scores(model, ["0.weight"])
+    with torch.no_grad():
+        mv.score_parameters(model)["0.weight"].copy_(torch.randn(16, 8))
+    mv.update_hard(model, 0.75)
+    expected = sk.get_masks(model)["0.weight"]
+    masks = mv.finalize(model)
+    assert torch.equal(masks["0.weight"], expected)
+    assert mv.score_parameters(model) == {}
+    assert not any("scores" in k for k in model.state_dict())
+    fresh = mlp(1)
+    sk.load_masked_state_dict(fresh, model.state_dict())
+    assert torch.equal(sk.get_masks(fresh)["0.weight"], expected)
+    assert sk.sparsity(model[0].weight) == 0.75
+
+
+def test_finalize_on_deepcopy_leaves_original_working():
+    model = mlp()
+    mv.attach_scores(model)
+    clone = copy.deepcopy(model)
+    mv.finalize(clone)
+    x = torch.randn(2, 8)
+    model(x)  # the original still has its scores and still runs
+    assert set(mv.score_parameters(model)) == {"0.weight", "2.weight"}
+
+
+def test_param_groups_split_scores():
+    model = mlp()
+    mv.attach_scores(model)
+    groups = mv.param_groups(model, lr=1e-3, score_lr=1e-2)
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    assert ids[0].isdisjoint(ids[1])
+    assert ids[1] == {id(p) for p in mv.score_parameters(model).values()}
+    assert len(ids[0]) + len(ids[1]) == len(list(model.parameters()))
+
+
+# --- the schedule and the driver ---------------------------------------------------------------
+
+
+def test_schedule_is_cubic_and_hits_target():
+    sched = mv.Schedule(0.9, steps=100, warmup=0.1, cooldown=0.3)
+    assert (sched.begin_step, sched.end_step) == (10, 70)
+    assert sched(0) == 0.0 and sched(10) == 0.0
+    assert sched(70) == 0.9 and sched(100) == 0.9
+    assert sched(40) == pytest.approx(0.9 * (1 - 0.5**3))
+    values = [sched(t) for t in range(101)]
+    assert values == sorted(values)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"final_sparsity": 1.0, "steps": 10}, "final_sparsity"),
+    ({"final_sparsity": 0.5, "steps": 1}, "steps"),
+    ({"final_sparsity": 0.5, "steps": 10, "warmup": 0.6, "cooldown": 0.5}, "warmup"),
+    ({"final_sparsity": 0.5, "steps": 2, "warmup": 0.4, "cooldown": 0.4}, "too few"),
+])
+def test_schedule_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mv.Schedule(**kwargs)
+
+
+@pytest.mark.parametrize("method", mv.METHODS)
+@pytest.mark.parametrize("target", [0.9, 0.97])
+def test_prune_finetune_hits_target_sparsity(method, target):
+    model = mlp()
+    names = ["0.weight", "2.weight"]
+    res = mv.prune_finetune(model, toy_loader(), method=method, final_sparsity=target, steps=20,
+                            names=names, lam=0.1 if method == "soft_movement" else 0.0, progress=False)
+    total = sum(sk.prunable_weights(model)[n].numel() for n in names)
+    expected_pruned = sum(round(target * sk.prunable_weights(model)[n].numel()) for n in names)
+    if method == "soft_movement":  # one global threshold: the total is exact
+        expected_pruned = round(target * total)
+    assert res.sparsity == expected_pruned / total
+    assert sk.sparsity(model) == pytest.approx(res.sparsity)
+    # the model ends in the common pipeline: plain bool masks, no scores
+    assert mv.score_parameters(model) == {}
+    assert set(sk.get_masks(model)) == set(names)
+    if method != "soft_movement":  # hard methods: exact in each matrix
+        for m in res.masks.values():
+            assert int((~m).sum()) == round(target * m.numel())
+
+
+def test_soft_movement_fixed_tau_lambda_sets_sparsity():
+    def run(lam: float) -> float:
+        model = mlp()
+        res = mv.prune_finetune(model, toy_loader(), method="soft_movement", final_sparsity=0.5, steps=40,
+                                lam=lam, tau=0.1, score_lr=0.1, progress=False)
+        return res.sparsity
+
+    assert run(0.0) < run(50.0)
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "match"), [
+    ({"method": "snip"}, ValueError, "method"),
+    ({"method": "movement", "final_sparsity": 1.0}, ValueError, "final_sparsity"),
+    ({"method": "movement", "names": ["nope.weight"]}, ValueError, "unknown"),
+    ({"method": "magnitude", "tau": 0.5}, ValueError, "tau"),
+    ({"method": "movement", "lam": 1.0}, ValueError, "lam"),
+    ({"method": "soft_movement", "lam": -1.0}, ValueError, "lam"),
+    ({"method": "soft_movement", "tau": 2.0}, ValueError, "tau"),
+    ({"method": "magnitude", "prune_every": 0}, ValueError, "prune_every"),
+])
+def test_prune_finetune_bad_input(kwargs, exc, match):
+    args = {"final_sparsity": 0.5, "steps": 10, "progress": False} | kwargs
+    with pytest.raises(exc, match=match):
+        mv.prune_finetune(mlp(), toy_loader(), **args)
+
+
+# --- the pre-trained model ---------------------------------------------------------------------
+
+
+def test_pretrained_asset_hash_and_load():
+    assert pt.ASSET.is_file()
+    assert pt.ASSET.stat().st_size <= 5 * 2**20
+    assert pt.file_sha256(pt.ASSET) == pt.SHA256
+    model = pt.load_pretrained()
+    assert isinstance(model, sk.models.TinyTransformer)
+    state = torch.load(pt.ASSET, map_location="cpu", weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_pretrained_head_seed():
+    rng = torch.random.get_rng_state()
+    a, b, c = pt.load_pretrained(head_seed=1), pt.load_pretrained(head_seed=1), pt.load_pretrained(head_seed=2)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # global RNG untouched
+    assert torch.equal(a.head.weight, b.head.weight)
+    assert not torch.equal(a.head.weight, c.head.weight)
+    assert torch.equal(a.layers[0].fc1.weight, c.layers[0].fc1.weight)
+    with pytest.raises(TypeError, match="head_seed"):
+        pt.load_pretrained(head_seed=1.5)
+
+
+def test_pretrained_tampered_file_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "weights.pt"
+    shutil.copy(pt.ASSET, bad)
+    with open(bad, "ab") as f:
+        f.write(b"\0")
+    monkeypatch.setattr(pt, "ASSET", bad)
+    with pytest.raises(ValueError, match="SHA-256"):
+        pt.load_pretrained()
+    with pytest.raises(ValueError, match="not a file"):
+        pt.load_pretrained(tmp_path / "missing.pt")
+
+
+def test_pretrained_beats_random_init_at_masked_patch_modelling():
+    # the shipped weights really are pre-trained: the masked-patch objective (on target
+    # sequences, which the pre-training never saw) is far lower with them than with a fresh
+    # model, the linear decoder being fitted by least squares for both
+    x = sk.data.mnist1d().x_test[:256]
+
+    def fitted_loss(model: sk.models.TinyTransformer) -> float:
+        gen = torch.Generator().manual_seed(0)
+        p = model.patch_size
+        patches = x.view(len(x), -1, p)
+        hidden = torch.rand(patches.shape[:2], generator=gen) < pt.MASK_FRACTION
+        with torch.no_grad():
+            h = pt.token_states(model.eval(), patches.masked_fill(hidden.unsqueeze(-1), 0).reshape_as(x))
+        feats = torch.cat([h[hidden], torch.ones(int(hidden.sum()), 1)], 1)
+        sol = torch.linalg.lstsq(feats, patches[hidden]).solution
+        return float(F.mse_loss(feats @ sol, patches[hidden]))
+
+    torch.manual_seed(0)
+    assert fitted_loss(pt.load_pretrained()) < 0.8 * fitted_loss(sk.models.TinyTransformer(**pt.CONFIG))
+
+
+def test_masked_patch_loss_counts_hidden_tokens_only():
+    model = sk.models.TinyTransformer(**pt.CONFIG)
+    decoder = nn.Linear(pt.CONFIG["d_model"], pt.CONFIG["patch_size"])
+    nn.init.zeros_(decoder.weight)
+    nn.init.zeros_(decoder.bias)
+    x = torch.randn(4, 40)
+    gen = torch.Generator().manual_seed(3)
+    loss = pt.masked_patch_loss(model, decoder, x, gen)
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.rand(4, 10, generator=gen) < pt.MASK_FRACTION
+    expected = x.view(4, 10, 4)[hidden].pow(2).mean()
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="steps"):
+        pt.make_pretrained(steps=0)
