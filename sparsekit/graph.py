@@ -22,8 +22,9 @@ input takes.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,12 @@ _SCALAR_OPS: set[Any] = {operator.mul, operator.truediv, operator.add, operator.
 # Tracing with concrete values
 # ---------------------------------------------------------------------------------
 
+def _unpatched() -> contextlib.AbstractContextManager[None]:
+    """Temporarily undo fx's tracing patches (private torch API; a no-op where absent)."""
+    revert = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", None)
+    return revert() if revert is not None else contextlib.nullcontext()
+
+
 class _ValueTracer(fx.Tracer):
     """An fx tracer that also computes every node's value on an example input.
 
@@ -76,6 +83,11 @@ class _ValueTracer(fx.Tracer):
     def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                      name: str | None = None, type_expr: Any | None = None, *extra: Any, **extra_kw: Any) -> fx.Proxy:
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *extra, **extra_kw)
+        with _unpatched():  # run the real op, not the tracer's patched Module.__call__/__getattr__
+            proxy.node.meta["value"] = self._compute(kind, target, args, kwargs)
+        return proxy
+
+    def _compute(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         a, kw = self._value(args), self._value(kwargs)
         if kind == "placeholder":
             if self._next_input >= len(self._inputs):
@@ -92,8 +104,7 @@ class _ValueTracer(fx.Tracer):
             value = getattr(a[0], target)(*a[1:], **kw)
         else:  # output
             value = a[0] if a else None
-        proxy.node.meta["value"] = value
-        return proxy
+        return value
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         return bool(obj.node.meta["value"])
@@ -114,11 +125,9 @@ def trace(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> fx.Gr
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     if not all(isinstance(x, Tensor) for x in inputs):
         raise TypeError(f"example_input must be a Tensor or tuple of Tensors, got {type(example_input).__name__}")
-    import inspect
-
     params = list(inspect.signature(model.forward).parameters.values())
     concrete = {p.name: p.default for p in params[len(inputs):] if p.default is not inspect.Parameter.empty}
-    tracer = _ValueTracer(model, inputs)
+    tracer = _ValueTracer(model, inputs + tuple(concrete.values()))
     was_training = model.training
     model.eval()
     try:
@@ -267,6 +276,8 @@ def channel_groups(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             continue
         if not inputs:
             continue
+        if node.op != "output" and not isinstance(node.meta.get("value"), Tensor):
+            continue  # shapes, sizes, dims: reading them does not depend on channel values
         if node.op == "output":
             for a in inputs:
                 block(carry[a].group, "its channels reach the model output")
@@ -281,7 +292,7 @@ def channel_groups(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             if producer.op == "call_module" and isinstance(modules.get(producer.target), SOURCE_TYPES):
                 g["bn_of"][str(producer.target)] = str(node.target)
             carry[node] = first
-        elif len(inputs) == 1 and _is_per_channel(node, module, inputs[0], in_shape, out_shape):
+        elif len(inputs) == 1 and _is_per_channel(node, module, inputs[0], first, in_shape, out_shape):
             carry[node] = first
         elif (len(inputs) == 1 and first.dim == 1 and not first.flat and in_shape is not None
               and out_shape == (in_shape[0], _prod(in_shape[1:])) and len(in_shape) > 2
@@ -289,7 +300,7 @@ def channel_groups(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             carry[node] = _Carry(first.group, 1, _prod(in_shape[2:]), flat=True)
         elif (node.op in ("call_function", "call_method") and node.target in _ADD_OPS | {"add", "sub", "add_"}
               and len(inputs) == 2 and in_shape == _value_shape(inputs[1]) == out_shape
-              and carry[inputs[1]].dim == first.dim and carry[inputs[1]].flat == first.flat == False):  # noqa: E712
+              and carry[inputs[1]].dim == first.dim and not first.flat and not carry[inputs[1]].flat):
             a, b = raw[uf.find(first.group)], raw[uf.find(carry[inputs[1]].group)]
             if a["channels"] != b["channels"]:
                 block(first.group, f"{_describe(node)} adds {a['channels']} to {b['channels']} channels")
@@ -302,6 +313,8 @@ def channel_groups(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             continue
         raw[uf.find(carry[node].group)]["nodes"].append(node)
 
+    for n, c in carry.items():
+        n.meta["channel_dim"] = c.dim
     # Merge the union-find classes into groups, in order of their first source.
     merged: dict[int, ChannelGroup] = {}
     for i, g in enumerate(raw):
@@ -335,15 +348,28 @@ def _is_flatten(node: fx.Node, module: nn.Module | None) -> bool:
     return node.op == "call_method" and node.target in ("flatten", "view", "reshape", "squeeze")
 
 
-def _is_per_channel(node: fx.Node, module: nn.Module | None, inp: fx.Node,
+def is_pool(node: fx.Node, module: nn.Module | None) -> bool:
+    """A spatial pooling op (a constant channel stays the same constant)."""
+    return isinstance(module, _POOL_MODULES) or (node.op == "call_function" and node.target in _POOL_FUNCTIONS)
+
+
+def is_reshape(node: fx.Node, module: nn.Module | None) -> bool:
+    """A flatten/view/reshape (per-channel values are unchanged by it)."""
+    return _is_flatten(node, module)
+
+
+def _is_per_channel(node: fx.Node, module: nn.Module | None, inp: fx.Node, carried: _Carry,
                     in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> bool:
     """True for ops that keep each channel separate: activations, pools, scalar arithmetic."""
+    if in_shape is None or out_shape is None:
+        return False
+    if _is_flatten(node, module):
+        return out_shape == in_shape  # a no-op reshape
     if isinstance(module, _ELEMENTWISE_MODULES):
         return out_shape == in_shape
-    if isinstance(module, _POOL_MODULES):
-        return in_shape is not None and out_shape is not None and out_shape[:2] == in_shape[:2]
-    if node.op == "call_function" and node.target in _POOL_FUNCTIONS:
-        return in_shape is not None and out_shape is not None and out_shape[:2] == in_shape[:2]
+    if is_pool(node, module):
+        same_rank = len(out_shape) == len(in_shape)
+        return carried.dim == 1 and not carried.flat and out_shape[:2] == in_shape[:2] and same_rank
     if node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS:
         return out_shape == in_shape
     if node.op == "call_method" and node.target in _ELEMENTWISE_METHODS:
@@ -354,20 +380,18 @@ def _is_per_channel(node: fx.Node, module: nn.Module | None, inp: fx.Node,
     return False
 
 
-def apply_per_channel(node: fx.Node, modules: dict[str, nn.Module], values: list[Any]) -> Any:
-    """Re-run ``node`` with its traced inputs replaced by ``values`` (one per node input)."""
-    mapping = dict(zip(node.all_input_nodes, values, strict=True))
+def run_node(node: fx.Node, modules: dict[str, nn.Module], replace: dict[fx.Node, Any]) -> Any:
+    """Re-run ``node``, reading inputs from ``replace`` where given, else their traced values."""
 
     def sub(a: Any) -> Any:
-        return mapping.get(a, a.meta.get("value")) if isinstance(a, fx.Node) else a
+        return replace[a] if a in replace else a.meta.get("value")
 
-    args = fx.node.map_aggregate(node.args, sub)
-    kwargs = fx.node.map_aggregate(node.kwargs, sub)
-    fn: Callable[..., Any]
+    args = fx.node.map_arg(node.args, sub)
+    kwargs = fx.node.map_arg(node.kwargs, sub)
     if node.op == "call_module":
-        fn = modules[str(node.target)]
-    elif node.op == "call_function":
-        fn = node.target  # type: ignore[assignment]
-    else:
+        return modules[str(node.target)](*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+    if node.op == "call_method":
         return getattr(args[0], str(node.target))(*args[1:], **kwargs)
-    return fn(*args, **kwargs)
+    raise ValueError(f"cannot re-run {_describe(node)}")

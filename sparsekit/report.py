@@ -63,7 +63,7 @@ def cost_report(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
         def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             # Linear: every leading dim is a position; Conv: batch x output spatial size.
             out_features = output.shape[-1] if isinstance(module, nn.Linear) else output.shape[1]
-            positions[name] = output.numel() // out_features
+            positions[name] = output.numel() // out_features if out_features else 0  # a fully shrunk layer
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]

@@ -232,6 +232,12 @@ def test_cost_report_conv_positions():
     assert rows["fc.weight"].dense_flops == 2 * rows["fc.weight"].params * 2
 
 
+def test_cost_report_zero_width_layer():
+    model = nn.Sequential(nn.Linear(4, 0), nn.Linear(0, 2))
+    rows = report.cost_report(model, torch.randn(3, 4))
+    assert [r.dense_flops for r in rows] == [0, 0]
+
+
 def test_storage_bytes_dense_tensor():
     b = report.storage_bytes(torch.ones(2, 3))
     assert b == {"dense": 24, "csr": 6 * 12 + 3 * 8, "bitmask": 1 + 24}
