@@ -9,6 +9,7 @@ the nonzero values).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,8 @@ class LayerCost:
 
 def storage_bytes(weight: Tensor, index_bytes: int = 8) -> dict[str, int]:
     """Bytes of ``weight`` (viewed as rows x columns) as dense, CSR and bitmask."""
-    w = weight.detach().reshape(weight.shape[0], -1) if weight.dim() > 1 else weight.detach().view(1, -1)
+    w = weight.detach()
+    w = w.reshape(w.shape[0], math.prod(w.shape[1:])) if w.dim() > 1 else w.reshape(1, w.numel())
     rows, _ = w.shape
     nnz = int((w != 0).sum())
     elem = w.element_size()
