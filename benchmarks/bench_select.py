@@ -13,8 +13,11 @@ Run: ``.venv/bin/python benchmarks/bench_select.py``.
 
 from __future__ import annotations
 
+import datetime
+import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -59,14 +62,28 @@ def main() -> None:
     t_ours = timed(ours)
     t_floor = timed(floor)
     t_stock = timed(stock, repeats=1)
-    print(f"{n / 1e6:.1f} M weights, sparsity {SPARSITY:.0%}, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"{'method':<40}{'seconds':>10}")
-    print(f"{'torch prune.global_unstructured':<40}{t_stock:>10.3f}")
-    print(f"{'sparsekit.select_masks(global)':<40}{t_ours:>10.3f}")
-    print(f"{'torch.kthvalue (threshold only)':<40}{t_floor:>10.3f}")
-    print(f"speedup over global_unstructured: {t_stock / t_ours:.1f}x (goal >= 8x)")
-    print(f"ratio to kthvalue floor:          {t_ours / t_floor:.2f}x (goal <= 3x)")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Global selection over 50 M weights (CPU)",
+        "",
+        f"{n / 1e6:.1f} M weights (12 x Linear(2048, 2048)), sparsity {SPARSITY:.0%}; torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+        f"{now}; load average at start {os.getloadavg()[0]:.1f}",
+        "",
+        "| method | seconds |",
+        "|---|---:|",
+        f"| torch prune.global_unstructured (L1) | {t_stock:.3f} |",
+        f"| sparsekit.select_masks(scope='global') | {t_ours:.3f} |",
+        f"| torch.kthvalue (threshold only) | {t_floor:.3f} |",
+        "",
+        f"speedup over global_unstructured: {t_stock / t_ours:.1f}x (goal >= 8x); "
+        f"ratio to the kthvalue floor: {t_ours / t_floor:.2f}x (goal <= 3x)",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(__file__).resolve().parent / "results" / "select_cpu.md"
+    out.write_text(text + "\n")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

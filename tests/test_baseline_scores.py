@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sparsekit as sk
-from sparsekit.models import CNN1d, MLP
+from sparsekit.models import MLP, CNN1d
 
 
 def test_magnitude_is_abs_of_effective_weight():

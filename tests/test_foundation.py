@@ -171,9 +171,9 @@ def test_train_bad_input(kwargs):
 
 def test_history_empty_errors():
     with pytest.raises(ValueError):
-        train.History().final_acc
+        _ = train.History().final_acc
     with pytest.raises(ValueError):
-        train.History().early_stop_step
+        _ = train.History().early_stop_step
 
 
 def test_evaluate_and_accuracy_restore_mode():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import sparsekit as sk
-from sparsekit.models import CNN1d, MLP
+from sparsekit.models import MLP, CNN1d
 
 
 def _half_masks(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
