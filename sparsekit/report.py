@@ -10,6 +10,7 @@ the nonzero values).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,27 @@ def storage_bytes(weight: Tensor, index_bytes: int = 8) -> dict[str, int]:
     }
 
 
+Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]
+
+
+@torch.no_grad()
+def forward_with_hooks(model: nn.Module, example_input: Tensor, hooks: Sequence[tuple[nn.Module, Hook]]) -> None:
+    """One eval-mode forward pass of ``example_input`` with temporary forward hooks.
+
+    The hooks are removed and the model's train/eval mode restored afterwards, even if
+    the forward pass raises. The way every counter here observes shapes.
+    """
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def cost_report(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
     """One :class:`LayerCost` per Linear/Conv layer for a forward pass on ``example_input``.
@@ -68,15 +90,7 @@ def cost_report(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
             positions[name] = output.numel() // out_features if out_features else 0  # a fully shrunk layer
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_input, [(m, hook(n)) for n, m in modules.items()])
     rows = []
     for name, module in modules.items():
         w = module.weight.detach()

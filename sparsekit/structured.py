@@ -39,6 +39,7 @@ from torch.nn.utils import parametrize
 from . import graph as dep
 from .masking import remove_masks
 from .models import MultiHeadSelfAttention
+from .report import forward_with_hooks
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 CHANNEL_SCORES = ("l1", "bn")
@@ -597,14 +598,7 @@ def cost(model: nn.Module, example_input: Tensor) -> Cost:
         b, t = args[0].shape[:2]
         flops += 2 * 2 * b * module.num_heads * t * t * module.head_dim
 
-    handles = [m.register_forward_hook(dense) for m in model.modules() if isinstance(m, dep.SOURCE_TYPES)]
-    handles += [m.register_forward_hook(attention) for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    hooks = [(m, dense) for m in model.modules() if isinstance(m, dep.SOURCE_TYPES)]
+    hooks += [(m, attention) for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
+    forward_with_hooks(model, example_input, hooks)
     return Cost(params=sum(p.numel() for p in model.parameters()), flops=flops)
