@@ -48,7 +48,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_select.py
 	$(BIN)/python benchmarks/bench_execute.py --check
-	$(BIN)/python benchmarks/bench_structured.py
+	$(BIN)/python benchmarks/bench_structured.py --check
 
 clean:
 	rm -rf _build

@@ -11,15 +11,19 @@ by a sparse kernel (``torch.sparse``):
   to dense speed per stored value.
 
 A sparse kernel does less arithmetic but far more bookkeeping per multiply-add, so it
-only wins above a *crossover sparsity*. On this book's 2-core AVX-512 CPU
-(torch 2.13, MKL, a ``[4096 x 4096]`` weight times ``[4096 x 256]`` input, quiet machine)
-CSR was 0.5-0.7x dense at 90 % and 2.7-3.2x at 95 % (crossover about 92 %), and
-32 x 32 BSR was 0.8x dense at 50 % and 1.4x at 70 % zero blocks. Under heavy background
-load both crossovers move up (about 95 % and 75 %). Chapter 1 re-measures them;
-``benchmarks/bench_execute.py`` records the ratios. The ``"auto"`` layout encodes the
-rule with a small margin above the crossovers (see :func:`choose_layout`), so that it is
-never much slower than dense. Gale et al. 2020 and Hoefler et al. 2021 (section 7)
-discuss the same gap on GPUs.
+only wins above a *crossover sparsity*. On this book's 2-core AVX-512 CPU (torch 2.13,
+MKL, a ``[4096 x 4096]`` weight times a ``[4096 x 256]`` input, quiet machine) CSR broke
+even with dense at about 90 % zeros (1.2-1.4x at 92 %, 1.7-2.0x at 95 %). BSR on a mask
+of empty ``32 x 32`` tiles broke even at about 62-65 % empty tiles (1.1-1.3x at 70 %,
+2.6-3.3x at 90 %, transposing the input and adding the bias included), *when stored in
+``8 x 8`` blocks*: MKL's BSR kernel is much faster with small blocks, and the bare
+product at 90 % ran 2.3x faster than dense with ``32 x 32`` storage blocks, 2.6x with
+``16 x 16``, 3.9x with ``8 x 8`` and 3.6x with ``4 x 4``. A mask's blocks and the storage's
+blocks are separate choices. Chapter 1 re-measures the crossovers;
+``benchmarks/bench_execute.py`` records the speedups. The ``"auto"`` layout encodes the
+rule with a margin above the crossovers (see :func:`choose_layout`), so that it is never
+much slower than dense. Gale et al. 2020 and Hoefler et al. 2021 (section 7) discuss the
+same gap on GPUs.
 
 Layers built here are for *inference*: their weights are buffers, not parameters.
 """
@@ -42,13 +46,15 @@ LAYOUTS = ("auto", "dense", "csr", "bsr")
 """Accepted ``layout`` arguments."""
 
 CSR_MIN_SPARSITY = 0.93
-"""``"auto"`` uses CSR at or above this fraction of zeros (just above the measured ~92 % crossover)."""
+"""``"auto"`` considers CSR at or above this fraction of zeros (above the measured ~90 % crossover)."""
 
 BSR_MIN_BLOCK_SPARSITY = 0.70
-"""``"auto"`` uses BSR at or above this fraction of all-zero blocks (above the measured 50-70 % crossover)."""
+"""``"auto"`` considers BSR at or above this fraction of all-zero blocks (above the measured ~62-65 % crossover)."""
 
-BSR_BLOCKSIZE = (32, 32)
-"""Default BSR block shape (rows, columns)."""
+BSR_BLOCKSIZE = (8, 8)
+"""Default BSR block shape (rows, columns) *of the storage*, not of the mask: MKL's BSR
+kernel was fastest with ``8 x 8`` blocks on this CPU, so a mask of empty ``32 x 32`` tiles
+is stored as (sixteen times as many) ``8 x 8`` blocks (measured in chapter 1)."""
 
 AUTO_MIN_NUMEL = 1 << 18
 """``"auto"`` keeps weights with fewer entries than this dense: for a ``256 x 256`` layer
@@ -91,31 +97,54 @@ def block_sparsity(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE) -> 
     return 1.0 - int(nonzero_blocks.sum()) / nonzero_blocks.numel()
 
 
+def _eligible_costs(weight: Tensor, blocksize: tuple[int, int], csr_min_sparsity: float,
+                    bsr_min_block_sparsity: float) -> dict[str, float]:
+    """Predicted time relative to dense of each sparse layout that passes its threshold.
+
+    A sparse kernel's time grows with what it stores (nonzeros for CSR, kept blocks for
+    BSR), so the cost is ``stored fraction / stored fraction at the crossover``: 1.0 at
+    the threshold, less above it. Thresholds are checked on exact counts, so a mask with
+    exactly ``round(t * n)`` zeros counts as sparsity ``t`` although its float mean may
+    be a hair below.
+    """
+    r, c = blocksize
+    numel = weight.numel()
+    costs = {}
+    if weight.shape[0] % r == 0 and weight.shape[1] % c == 0:
+        blocks = numel // (r * c)
+        empty = block_sparsity(weight, (r, c)) * blocks
+        if empty + 0.5 >= bsr_min_block_sparsity * blocks:
+            costs["bsr"] = (1.0 - empty / blocks) / (1.0 - bsr_min_block_sparsity)
+    zeros = int((weight == 0).sum())
+    if zeros + 0.5 >= csr_min_sparsity * numel:
+        costs["csr"] = (1.0 - zeros / numel) / (1.0 - csr_min_sparsity)
+    return costs
+
+
 def choose_layout(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
                   csr_min_sparsity: float = CSR_MIN_SPARSITY,
                   bsr_min_block_sparsity: float = BSR_MIN_BLOCK_SPARSITY,
                   min_numel: int = AUTO_MIN_NUMEL) -> str:
     """The layout ``"auto"`` picks for ``weight``: ``"bsr"``, ``"csr"`` or ``"dense"``.
 
-    The rule, from measured crossovers (module docstring), in order:
+    The rule, from measured crossovers (module docstring):
 
     1. fewer than ``min_numel`` entries -> ``"dense"`` (fixed overheads dominate);
-    2. shape divisible by ``blocksize`` and at least ``bsr_min_block_sparsity`` of the
-       blocks all zero -> ``"bsr"``;
-    3. at least ``csr_min_sparsity`` of the entries zero -> ``"csr"``;
-    4. otherwise ``"dense"``: below the crossover a sparse kernel is *slower* than dense.
+    2. ``"csr"`` is a candidate when at least ``csr_min_sparsity`` of the entries are
+       zero; ``"bsr"`` when the shape is divisible by ``blocksize`` and at least
+       ``bsr_min_block_sparsity`` of the blocks are all zero;
+    3. of the candidates, the one that stores the smallest fraction of what it stores at
+       its own threshold wins (a kernel's time grows with what it stores). A 99.5 %
+       unstructured weight leaves about 73 % of its ``8 x 8`` blocks empty, but CSR,
+       storing 0.5 % of the entries, is far cheaper than BSR storing 27 % of the blocks;
+    4. no candidate -> ``"dense"``: below the crossover a sparse kernel is *slower* than dense.
     """
     w = _check_weight(weight)
     r, c = _check_blocksize(blocksize)
     if w.numel() < min_numel:
         return "dense"
-    if w.shape[0] % r == 0 and w.shape[1] % c == 0:
-        blocks = w.numel() // (r * c)
-        # counts, not float means: a mask of exactly round(0.9 * n) zeros counts as 90 %
-        if block_sparsity(w, (r, c)) * blocks + 0.5 >= bsr_min_block_sparsity * blocks:
-            return "bsr"
-    zeros = int((w == 0).sum())
-    return "csr" if zeros + 0.5 >= csr_min_sparsity * w.numel() else "dense"
+    costs = _eligible_costs(w, (r, c), csr_min_sparsity, bsr_min_block_sparsity)
+    return min(costs, key=costs.__getitem__) if costs else "dense"
 
 
 def to_layout(weight: Tensor, layout: str, blocksize: Sequence[int] = BSR_BLOCKSIZE) -> Tensor:
@@ -128,28 +157,49 @@ def to_layout(weight: Tensor, layout: str, blocksize: Sequence[int] = BSR_BLOCKS
     if layout == "dense":
         return w.clone().contiguous()
     if layout == "csr":
-        return w.to_sparse_csr()
+        return _int32_indices(w.to_sparse_csr())
     if w.shape[0] % r or w.shape[1] % c:
         raise ValueError(f"layout 'bsr' needs the weight shape {tuple(w.shape)} divisible by blocksize {(r, c)}")
-    return w.to_sparse_bsr((r, c))
+    return _int32_indices(w.to_sparse_bsr((r, c)))
 
 
-def sparse_matmul(weight: Tensor, x: Tensor) -> Tensor:
-    """``x @ weight.T`` for a 2-D ``weight`` in any layout and ``x`` of shape ``[..., in]``.
+def _int32_indices(t: Tensor) -> Tensor:
+    """A CSR / BSR tensor with 32-bit indices where they fit (torch builds 64-bit ones).
 
-    A sparse ``weight`` ``[out, in]`` multiplies the contiguous ``[in, N]`` transpose of
-    the flattened input (the orientation MKL's sparse kernels are fast at), and the
-    ``[out, N]`` result is transposed back.
+    MKL's sparse kernels take 32-bit indices; torch converts 64-bit ones on *every* product
+    (about 1 ms for a 4096 x 4096 BSR weight at 90 % block sparsity), and they halve the
+    index bytes.
+    """
+    if t.col_indices().numel() >= 2**31:
+        return t
+    build = torch.sparse_csr_tensor if t.layout == torch.sparse_csr else torch.sparse_bsr_tensor
+    return build(t.crow_indices().to(torch.int32), t.col_indices().to(torch.int32), t.values(),
+                 size=t.shape, check_invariants=False)
+
+
+def sparse_matmul(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias`` for a 2-D ``weight`` in any layout and ``x`` of shape ``[..., in]``.
+
+    MKL's sparse kernels multiply a sparse matrix by a *row-major* dense one, so a sparse
+    ``weight`` ``[out, in]`` multiplies the ``[in, N]`` transpose of the flattened input,
+    with the bias added by the same call (``addmm``). The ``[out, N]`` result comes back
+    transposed, as a view: the output is column-major. Its values are those of
+    ``F.linear``; a following sparse layer reads it without a copy, and ``.contiguous()``
+    gives the row-major layout where a caller needs it.
     """
     if weight.layout == torch.strided:
-        return F.linear(x, weight)
+        return F.linear(x, weight, bias)
     out_features, in_features = weight.shape
     lead = x.shape[:-1]
     flat = x.reshape(-1, in_features)
     if flat.shape[0] == 0:
         return x.new_zeros(*lead, out_features)
-    y = torch.sparse.mm(weight, flat.T.contiguous()).T
-    return y.reshape(*lead, out_features)
+    xt = flat.T.contiguous()
+    if bias is None:
+        yt = torch.sparse.mm(weight, xt)
+    else:
+        yt = torch.addmm(bias.unsqueeze(1).expand(out_features, xt.shape[1]), weight, xt)
+    return yt.T.reshape(*lead, out_features)
 
 
 class SparseLinear(nn.Module):
@@ -197,8 +247,7 @@ class SparseLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
-        y = sparse_matmul(self.weight, x)
-        return y if self.bias is None else y + self.bias
+        return sparse_matmul(self.weight, x, self.bias)
 
     def dense_weight(self) -> Tensor:
         """The weight as a dense tensor (for checks)."""

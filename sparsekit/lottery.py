@@ -158,6 +158,9 @@ def prune_masks(
       exactly ``round(rate * r_total)``.
     * ``layer_rates``: per-tensor rates that override ``rate``; those tensors are pruned on
       their own (e.g. ``{output_layer(model): rate / 2}``, as Frankle & Carbin do).
+
+    Raises ``ValueError`` when a step would remove every remaining weight of a tensor
+    (or of the global group): an empty layer disconnects the network.
     """
     rate = _check_rate(rate, "rate")
     if scope not in ("layer", "global"):
@@ -175,7 +178,13 @@ def prune_masks(
     def prune_group(names: list[str], r: float) -> dict[str, Tensor]:
         total = sum(full[n].numel() for n in names)
         remaining = sum(int(full[n].sum()) for n in names)
-        target = (total - remaining) + round(r * remaining)
+        removed = round(r * remaining)
+        if removed >= remaining:
+            raise ValueError(
+                f"pruning {r:g} of the {remaining} remaining weights of {', '.join(names)} would "
+                "remove all of them (layer collapse); use a smaller rate or fewer rounds"
+            )
+        target = (total - remaining) + removed
         return select_masks({n: scores[n] for n in names}, target / total, "global",
                             current={n: full[n] for n in names})
 

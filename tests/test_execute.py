@@ -134,7 +134,8 @@ def test_layout_bytes_counts_values_and_indices():
     w = torch.zeros(8, 8)
     w[0, 0] = w[3, 5] = 1.0
     assert ex.layout_bytes(w) == 256
-    assert ex.layout_bytes(w.to_sparse_csr()) == 2 * 4 + 2 * 8 + 9 * 8
+    assert ex.layout_bytes(w.to_sparse_csr()) == 2 * 4 + 2 * 8 + 9 * 8  # torch builds int64 indices
+    assert ex.layout_bytes(ex.to_layout(w, "csr")) == 2 * 4 + 2 * 4 + 9 * 4  # to_layout: int32
     assert ex.layout_bytes(w.to_sparse_bsr((4, 4))) == 2 * 16 * 4 + 2 * 8 + 3 * 8
     with pytest.raises(ValueError, match="layout_bytes supports"):
         ex.layout_bytes(w.to_sparse())
@@ -192,3 +193,40 @@ def test_choose_layout_counts_exactly_at_the_threshold():
     assert ex.choose_layout(w) == "csr"
     w = torch.ones(shape) * ex.unstructured_mask(shape, ex.CSR_MIN_SPARSITY - 1e-4)
     assert ex.choose_layout(w) == "dense"
+
+
+def test_choose_layout_prefers_the_layout_that_stores_less():
+    # 99.5 % unstructured leaves ~73 % of the 8 x 8 blocks empty (both thresholds pass),
+    # but CSR stores 0.5 % of the entries and BSR 27 % of the blocks: CSR wins.
+    shape = (1024, 1024)
+    w = torch.ones(shape) * ex.unstructured_mask(shape, 0.995)
+    assert ex.block_sparsity(w) >= ex.BSR_MIN_BLOCK_SPARSITY and ex.choose_layout(w) == "csr"
+    # whole blocks: both pass again (95 % zeros), BSR stores the same values with far fewer indices
+    w = torch.ones(shape) * ex.block_mask(shape, 0.95, (32, 32))
+    assert ex.choose_layout(w) == "bsr"
+    # exactly at the BSR threshold counts
+    w = torch.ones(shape) * ex.block_mask(shape, ex.BSR_MIN_BLOCK_SPARSITY)
+    assert ex.choose_layout(w) == "bsr"
+
+
+def test_sparse_layouts_use_32_bit_indices():
+    w = torch.randn(64, 64) * ex.block_mask((64, 64), 0.75)
+    for layout in ("csr", "bsr"):
+        t = ex.to_layout(w, layout)
+        assert t.col_indices().dtype == t.crow_indices().dtype == torch.int32
+        assert torch.equal(t.to_dense(), w)
+        sl = ex.SparseLinear(w, None, layout)
+        assert sl.col_indices.dtype == torch.int32
+
+
+def test_chained_sparse_layers_match_dense_and_outputs_are_usable():
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(32, 16), torch.randn(8, 32)
+    w1[:, :8] = 0
+    b1, b2 = torch.randn(32), torch.randn(8)
+    chain = nn.Sequential(ex.SparseLinear(w1, b1, "bsr", (8, 8)), nn.ReLU(), ex.SparseLinear(w2, b2, "csr"))
+    x = torch.randn(2, 5, 16)
+    ref = torch.relu(x @ w1.T + b1) @ w2.T + b2
+    y = chain(x)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y.contiguous().view(10, 8), y.reshape(10, 8))

@@ -108,11 +108,15 @@ def test_layer_scope_removes_the_stated_fraction_of_what_remained(rate: float, r
     model = _mlp()
     before = {n: w.numel() for n, w in sk.prunable_weights(model).items()}
     for _ in range(rounds):
+        expect = {n: round((rate / 2 if n == "4.weight" else rate) * r) for n, r in before.items()}
+        if any(expect[n] >= r for n, r in before.items()):
+            with pytest.raises(ValueError, match="layer collapse"):
+                lottery.prune_masks(model, rate, scope="layer", layer_rates={"4.weight": rate / 2})
+            return
         masks = lottery.prune_masks(model, rate, scope="layer", layer_rates={"4.weight": rate / 2})
         after = _remaining(masks)
         for name, r in before.items():
-            expect = round((rate / 2 if name == "4.weight" else rate) * r)
-            assert r - after[name] == expect
+            assert r - after[name] == expect[name]
         sk.apply_masks(model, masks)
         before = after
 
@@ -410,3 +414,10 @@ def test_instability_bad_input() -> None:
         lottery.instability(_mlp, DATA, rewind_step=0, steps=3, num_alphas=1)
     with pytest.raises(TypeError, match="model_fn"):
         lottery.instability(None, DATA, rewind_step=0, steps=3)
+
+
+def test_prune_masks_refuses_to_empty_a_layer() -> None:
+    model = _mlp()
+    sk.apply_masks(model, {"2.weight": torch.arange(32 * 32).reshape(32, 32) < 2})
+    with pytest.raises(ValueError, match=r"2\.weight.*layer collapse"):
+        lottery.prune_masks(model, 0.8, scope="layer")
