@@ -232,6 +232,7 @@ def test_cost_report_conv_positions():
     assert rows["fc.weight"].dense_flops == 2 * rows["fc.weight"].params * 2
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")  # torch's, for Linear(4, 0)
 def test_cost_report_zero_width_layer():
     model = nn.Sequential(nn.Linear(4, 0), nn.Linear(0, 2))
     rows = report.cost_report(model, torch.randn(3, 4))
