@@ -26,8 +26,6 @@ import datetime as dt
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,29 +35,7 @@ import sparsekit as sk
 
 RESULTS = Path(__file__).resolve().parent / "results" / "structured_cpu.md"
 TARGET = 0.8
-WARMUP_S = 0.5
-
-
-def interleaved_times(fns: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, rounds: int,
-                      inner: int) -> dict[str, list[float]]:
-    """Seconds per call of each model in every round, timing them in alternation.
-
-    Each model first runs for ``WARMUP_S`` seconds (oneDNN generates its kernels for a new
-    shape on the first calls, and the allocator and caches settle).
-    """
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.inference_mode():
-        for f in fns.values():
-            start = time.perf_counter()
-            while time.perf_counter() - start < WARMUP_S:
-                f(x)
-        for _ in range(rounds):
-            for k, f in fns.items():
-                start = time.perf_counter()
-                for _ in range(inner):
-                    f(x)
-                times[k].append((time.perf_counter() - start) / inner)
-    return times
+WARMUP_S = 0.5  # seconds of round-robin warm-up: oneDNN builds kernels for new shapes
 
 
 def measure(width: int, sparsity: float, x: torch.Tensor, rounds: int, folded: bool) -> dict[str, object]:
@@ -74,7 +50,8 @@ def measure(width: int, sparsity: float, x: torch.Tensor, rounds: int, folded: b
             for f, m in zip(fused, (dense, small)):
                 torch.testing.assert_close(f(x), m(x), rtol=1e-4, atol=1e-5)
         dense, small = fused
-    times = interleaved_times({"dense": dense, "shrunk": small}, x, rounds, inner=5)
+    times = sk.bench.interleaved_times({"dense": lambda: dense(x), "shrunk": lambda: small(x)},
+                                       warmup=3, repeats=rounds, inner=5, warmup_s=WARMUP_S)
     ratios = [d / s for d, s in zip(times["dense"], times["shrunk"])]
     q1, speedup, q3 = statistics.quantiles(ratios, n=4)
     return {"width": width, "dense": cd, "shrunk": cs, "flop_red": cd.flops / cs.flops,

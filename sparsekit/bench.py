@@ -58,8 +58,46 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10,
             fn()
             _sync()
             times.append(time.perf_counter() - start)
+    return summarize(times)
+
+
+def summarize(times: list[float]) -> Timing:
+    """The median and quartiles of measured seconds per call."""
+    if not times:
+        raise ValueError("need at least one time")
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return Timing(statistics.median(times), quartiles[0], quartiles[2], len(times))
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 5,
+                      inner: int = 1, warmup_s: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each function in every round, the functions timed round-robin.
+
+    Interleaving (a, b, c, a, b, c, ...) exposes every candidate to the same background
+    load, so *ratios* stay meaningful, and the per-round ratios can be paired, even when
+    absolute times drift. Warm-up is round-robin too: at least ``warmup`` rounds and at
+    least ``warmup_s`` seconds (oneDNN generates kernels for a new shape on first calls).
+    Each timed entry is the mean of ``inner`` back-to-back calls.
+    """
+    if not fns or warmup < 0 or repeats < 1 or inner < 1:
+        raise ValueError(f"need functions, warmup >= 0, repeats >= 1 and inner >= 1; got "
+                         f"{len(fns)}, {warmup}, {repeats}, {inner}")
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        start, rounds = time.perf_counter(), 0
+        while rounds < warmup or time.perf_counter() - start < warmup_s:
+            for fn in fns.values():
+                fn()
+            rounds += 1
+        _sync()
+        for _ in range(repeats):
+            for key, fn in fns.items():
+                start = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                _sync()
+                times[key].append((time.perf_counter() - start) / inner)
+    return times
 
 
 def speedup(baseline: Timing, candidate: Timing) -> float:

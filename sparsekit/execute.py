@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bench import Timing
+from .bench import Timing, interleaved_times, summarize
 from .masking import get_masks
 
 LAYOUTS = ("auto", "dense", "csr", "bsr")
@@ -346,26 +345,12 @@ def compare_layouts(fns: dict[str, Callable[[], object]], *, warmup: int = 1, re
 
     Interleaving (dense, csr, bsr, dense, csr, ...) exposes every candidate to the same
     background load, so the *ratios* stay meaningful on a busy machine even when the
-    absolute times drift.
+    absolute times drift (:func:`sparsekit.bench.interleaved_times`).
     """
     if not fns or warmup < 0 or repeats < 1:
         raise ValueError(f"need functions, warmup >= 0 and repeats >= 1; got {len(fns)}, {warmup}, {repeats}")
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-        for _ in range(repeats):
-            for key, fn in fns.items():
-                start = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - start)
-    out = {}
-    for key, ts in times.items():
-        t = torch.tensor(ts, dtype=torch.float64)
-        q = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-        out[key] = Timing(median=q[1], q1=q[0], q3=q[2], repeats=len(ts))
-    return out
+    times = interleaved_times(fns, warmup=warmup, repeats=repeats)
+    return {key: summarize(ts) for key, ts in times.items()}
 
 
 def crossover(sparsities: Sequence[float], dense_times: Sequence[float] | float,

@@ -1,6 +1,7 @@
 """Data, models, training loop, cost report, timing and plotting helpers."""
 
 import math
+import time
 
 import matplotlib
 import pytest
@@ -255,6 +256,31 @@ def test_time_fn_counts_calls_and_orders_quartiles():
     assert bench.speedup(bench.Timing(2.0, 2, 2, 1), bench.Timing(1.0, 1, 1, 1)) == 2.0
     with pytest.raises(ValueError):
         bench.time_fn(lambda: None, repeats=0)
+
+
+def test_interleaved_times_round_robin_with_inner_calls():
+    calls = []
+    times = bench.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                    warmup=2, repeats=3, inner=2)
+    assert calls == ["a", "b"] * 2 + (["a", "a", "b", "b"] * 3)
+    assert set(times) == {"a", "b"} and all(len(t) == 3 and min(t) >= 0 for t in times.values())
+    # warmup_s keeps warming up round-robin until that much time has passed
+    calls.clear()
+    bench.interleaved_times({"a": lambda: (calls.append("a"), time.sleep(0.01))}, warmup=0, repeats=1,
+                            warmup_s=0.05)
+    assert len(calls) >= 1 + 5
+    for bad in ({"fns": {}}, {"repeats": 0}, {"inner": 0}, {"warmup": -1}):
+        kwargs = {"fns": {"a": lambda: None}, **bad}
+        with pytest.raises(ValueError, match="need functions"):
+            bench.interleaved_times(**kwargs)
+
+
+def test_summarize_median_and_quartiles():
+    t = bench.summarize([3.0, 1.0, 2.0, 4.0, 5.0])
+    assert (t.median, t.repeats) == (3.0, 5) and t.q1 < 3.0 < t.q3
+    assert bench.summarize([2.0]) == bench.Timing(2.0, 2.0, 2.0, 1)
+    with pytest.raises(ValueError, match="at least one"):
+        bench.summarize([])
 
 
 # --- plotting -----------------------------------------------------------------------
