@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NB ?= notebooks/*.ipynb
 
-.PHONY: book test unit notebooks execute lint bench clean venv
+.PHONY: book test unit notebooks execute robust lint bench clean venv
 
 venv: $(STAMP)
 
@@ -40,6 +40,13 @@ execute: $(STAMP)
 		$(BIN)/jupyter execute --inplace $$nb || exit 1; \
 		echo "$$nb: $$(( $$(date +%s) - start )) s"; \
 	done
+
+# Every chapter's asserts at seed bases 100 and 200 and with ATen's portable float path
+# (ATEN_CPU_CAPABILITY=default): plain execution, a table chapter x run. Not part of `make test`
+# (about 20 minutes); writes benchmarks/results/robust_cpu.md. ROBUST_JOBS notebooks at a time.
+ROBUST_JOBS ?= 2
+robust: $(STAMP)
+	$(BIN)/python tests/robust.py --jobs $(ROBUST_JOBS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sparsekit tests benchmarks

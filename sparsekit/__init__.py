@@ -26,7 +26,7 @@ from .masking import (
     remove_masks,
     sparsity,
 )
-from .seeding import seed_everything
+from .seeding import seed_everything, seeds
 from .select import cubic_sparsity, imp_sparsity, select_masks
 
 __version__ = "0.1.0"
@@ -57,6 +57,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "apply_masks", "bench", "cubic_sparsity", "data", "effective_weights", "get_masks",
     "imp_sparsity", "load_masked_state_dict", "models", "prunable_weights", "remove_masks",
-    "report", "scores", "seed_everything", "select", "select_masks", "sparsity", "train", "viz",
+    "report", "scores", "seed_everything", "seeds", "select", "select_masks", "sparsity", "train", "viz",
     *_LAZY_MODULES, *_LAZY_NAMES,
 ]

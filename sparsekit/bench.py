@@ -39,12 +39,15 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+Clock = Callable[[], float]
+
+
 def time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10,
-            min_time: float = 0.0) -> Timing:
+            min_time: float = 0.0, clock: Clock = time.perf_counter) -> Timing:
     """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls.
 
     ``min_time`` (seconds) keeps repeating until that much time was measured, which
-    steadies very short functions.
+    steadies very short functions. ``clock`` returns seconds; tests inject a fake one.
     """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup}, {repeats}")
@@ -54,10 +57,10 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10,
         _sync()
         times: list[float] = []
         while len(times) < repeats or sum(times) < min_time:
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return summarize(times)
 
 
@@ -70,33 +73,35 @@ def summarize(times: list[float]) -> Timing:
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 5,
-                      inner: int = 1, warmup_s: float = 0.0) -> dict[str, list[float]]:
+                      inner: int = 1, warmup_s: float = 0.0,
+                      clock: Clock = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each function in every round, the functions timed round-robin.
 
     Interleaving (a, b, c, a, b, c, ...) exposes every candidate to the same background
     load, so *ratios* stay meaningful, and the per-round ratios can be paired, even when
     absolute times drift. Warm-up is round-robin too: at least ``warmup`` rounds and at
     least ``warmup_s`` seconds (oneDNN generates kernels for a new shape on first calls).
-    Each timed entry is the mean of ``inner`` back-to-back calls.
+    Each timed entry is the mean of ``inner`` back-to-back calls. ``clock`` returns
+    seconds; tests inject a fake one.
     """
     if not fns or warmup < 0 or repeats < 1 or inner < 1:
         raise ValueError(f"need functions, warmup >= 0, repeats >= 1 and inner >= 1; got "
                          f"{len(fns)}, {warmup}, {repeats}, {inner}")
     times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
-        start, rounds = time.perf_counter(), 0
-        while rounds < warmup or time.perf_counter() - start < warmup_s:
+        start, rounds = clock(), 0
+        while rounds < warmup or clock() - start < warmup_s:
             for fn in fns.values():
                 fn()
             rounds += 1
         _sync()
         for _ in range(repeats):
             for key, fn in fns.items():
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(inner):
                     fn()
                 _sync()
-                times[key].append((time.perf_counter() - start) / inner)
+                times[key].append((clock() - start) / inner)
     return times
 
 

@@ -205,6 +205,21 @@ def test_seed_everything_repeats_and_validates():
         sk.seed_everything(-1)
 
 
+def test_seeds_start_at_the_environment_base(monkeypatch):
+    monkeypatch.delenv("SPARSEKIT_SEED_BASE", raising=False)
+    assert sk.seeds(3) == [0, 1, 2]
+    monkeypatch.setenv("SPARSEKIT_SEED_BASE", "100")
+    assert sk.seeds(3) == [100, 101, 102] and sk.seeds(1) == [100]
+    for bad_base in ("-1", "abc", "1.5"):
+        monkeypatch.setenv("SPARSEKIT_SEED_BASE", bad_base)
+        with pytest.raises(ValueError, match="SPARSEKIT_SEED_BASE must be a non-negative integer"):
+            sk.seeds(2)
+    monkeypatch.setenv("SPARSEKIT_SEED_BASE", "7")
+    for bad_n in (0, -2, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            sk.seeds(bad_n)
+
+
 # --- cost report --------------------------------------------------------------------
 
 def test_cost_report_counts_flops_and_bytes():
@@ -247,28 +262,56 @@ def test_storage_bytes_dense_tensor():
 
 # --- timing -------------------------------------------------------------------------
 
+class FakeClock:
+    """A clock that only moves when the code under test "works": each fn() call advances it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_time_fn_counts_calls_and_orders_quartiles():
+    clock, durations = FakeClock(), iter([9.0, 9.0, 3.0, 1.0, 2.0, 5.0, 4.0])  # 2 warm-up, 5 timed
     calls = []
-    t = bench.time_fn(lambda: calls.append(1), warmup=2, repeats=5)
+    t = bench.time_fn(lambda: (calls.append(1), clock.work(next(durations))), warmup=2, repeats=5, clock=clock)
     assert len(calls) == 7 and t.repeats == 5
-    assert t.q1 <= t.median <= t.q3 and t.ms == t.median * 1e3
-    assert "ms" in str(t)
+    assert (t.median, t.q1, t.q3) == (3.0, 1.5, 4.5)  # the warm-up calls (9 s each) are not counted
+    assert t.ms == 3000.0 and "ms" in str(t)
     assert bench.speedup(bench.Timing(2.0, 2, 2, 1), bench.Timing(1.0, 1, 1, 1)) == 2.0
     with pytest.raises(ValueError):
         bench.time_fn(lambda: None, repeats=0)
 
 
-def test_interleaved_times_round_robin_with_inner_calls():
+def test_time_fn_min_time_repeats_until_enough_was_measured():
+    clock = FakeClock()
     calls = []
-    times = bench.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                    warmup=2, repeats=3, inner=2)
+    t = bench.time_fn(lambda: (calls.append(1), clock.work(0.25)), warmup=0, repeats=2, min_time=1.0, clock=clock)
+    assert t.repeats == 4 and len(calls) == 4  # 4 x 0.25 s (exact in binary) reaches min_time
+
+
+def test_interleaved_times_round_robin_with_inner_calls():
+    clock = FakeClock()
+    calls = []
+    cost = {"a": 1.0, "b": 3.0}
+
+    def make(key):
+        return lambda: (calls.append(key), clock.work(cost[key]))
+
+    times = bench.interleaved_times({"a": make("a"), "b": make("b")}, warmup=2, repeats=3, inner=2, clock=clock)
     assert calls == ["a", "b"] * 2 + (["a", "a", "b", "b"] * 3)
-    assert set(times) == {"a", "b"} and all(len(t) == 3 and min(t) >= 0 for t in times.values())
-    # warmup_s keeps warming up round-robin until that much time has passed
+    assert times == {"a": [1.0] * 3, "b": [3.0] * 3}  # each entry is the mean of `inner` calls
+    # warmup_s keeps warming up round-robin until that much (fake) time has passed: 0.25 s at 0.0625 s
+    # per round (both exact in binary) is 4 rounds, then 1 timed call
     calls.clear()
-    bench.interleaved_times({"a": lambda: (calls.append("a"), time.sleep(0.01))}, warmup=0, repeats=1,
-                            warmup_s=0.05)
-    assert len(calls) >= 1 + 5
+    clock = FakeClock()
+    bench.interleaved_times({"a": lambda: (calls.append("a"), clock.work(0.0625))}, warmup=0, repeats=1,
+                            warmup_s=0.25, clock=clock)
+    assert len(calls) == 4 + 1
     for bad in ({"fns": {}}, {"repeats": 0}, {"inner": 0}, {"warmup": -1}):
         kwargs = {"fns": {"a": lambda: None}, **bad}
         with pytest.raises(ValueError, match="need functions"):

@@ -1,0 +1,157 @@
+"""`make robust`: execute every chapter on other seeds and another floating-point path.
+
+A chapter's asserts are its claims. They must hold for a reader whose seeds or CPU differ
+from ours, so this script executes each notebook (plain execution, not nbval: the asserts
+must pass; outputs are not compared) under
+
+* ``seed100`` / ``seed200``: ``SPARSEKIT_SEED_BASE=100`` / ``200`` (``sk.seeds`` moves every
+  experiment seed of the chapter);
+* ``aten-default``: ``ATEN_CPU_CAPABILITY=default``, ATen's portable kernels instead of the
+  AVX2/AVX-512 ones, i.e. the float path another processor takes (seed base 0);
+
+and prints a table chapter x run -> pass (seconds) or the failing assert. The executed
+copies go to ``_build/robust/<run>/`` (the committed notebooks are never touched), the table
+to ``benchmarks/results/robust_cpu.md``.
+
+Usage: ``python tests/robust.py [--jobs 2] [--runs seed100,seed200,aten-default] [notebooks ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS: dict[str, dict[str, str]] = {
+    "seed0": {"SPARSEKIT_SEED_BASE": "0"},
+    "seed100": {"SPARSEKIT_SEED_BASE": "100"},
+    "seed200": {"SPARSEKIT_SEED_BASE": "200"},
+    "aten-default": {"SPARSEKIT_SEED_BASE": "0", "ATEN_CPU_CAPABILITY": "default"},
+}
+DEFAULT_RUNS = ("seed100", "seed200", "aten-default")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failing_line(traceback: str) -> str:
+    """The source line the traceback's arrow points at in the cell (the assert that failed)."""
+    lines = [ANSI.sub("", line) for line in traceback.splitlines()]
+    arrows = [line for line in lines if re.match(r"\s*-+>\s*\d+", line)]
+    if not arrows:
+        return ""
+    return re.sub(r"^\s*-+>\s*\d+\s*", "", arrows[0]).strip()
+
+
+def execute_one(notebook: Path, run: str, out_dir: Path) -> dict:
+    """Execute ``notebook`` in this process's environment; return the outcome as a dict."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    start = time.perf_counter()
+    result = {"notebook": notebook.name, "run": run, "ok": True, "error": ""}
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        line = failing_line(err.traceback or "")
+        message = f"{err.ename}: {err.evalue}".strip().rstrip(":")
+        result.update(ok=False, error=f"`{line}` ({message[:160]})" if line else message[:200])
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out_dir / notebook.name)
+    return result
+
+
+def launch(notebook: Path, run: str) -> dict:
+    """Run one (notebook, run) pair in a child process whose environment sets the run."""
+    env = {**os.environ, **RUNS[run]}
+    if "ATEN_CPU_CAPABILITY" not in RUNS[run]:
+        env.pop("ATEN_CPU_CAPABILITY", None)
+    out_dir = ROOT / "_build" / "robust" / run
+    proc = subprocess.run([sys.executable, __file__, "--one", str(notebook), run, str(out_dir)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"notebook": notebook.name, "run": run, "ok": False, "seconds": 0.0,
+                "error": "runner crashed: " + proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table(results: list[dict], runs: list[str], notebooks: list[Path]) -> str:
+    by_key = {(r["notebook"], r["run"]): r for r in results}
+    lines = ["| chapter | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for nb in notebooks:
+        cells = []
+        for run in runs:
+            r = by_key[(nb.name, run)]
+            cells.append(f"pass ({r['seconds']:.0f} s)" if r["ok"] else f"**FAIL** ({r['seconds']:.0f} s): {r['error']}")
+        lines.append(f"| {nb.stem} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"comma-separated, of {sorted(RUNS)}")
+    parser.add_argument("--jobs", type=int, default=2, help="notebooks executed at once (each uses 1 thread)")
+    parser.add_argument("--one", nargs=3, metavar=("NOTEBOOK", "RUN", "OUT_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "robust_cpu.md")
+    args = parser.parse_args(argv)
+    if args.one:
+        notebook, run, out_dir = args.one
+        print(json.dumps(execute_one(Path(notebook), run, Path(out_dir))))
+        return 0
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown or not runs:
+        parser.error(f"--runs: unknown {unknown}; allowed: {sorted(RUNS)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    notebooks = sorted(args.notebooks or (ROOT / "notebooks").glob("*.ipynb"))
+    missing = [str(p) for p in notebooks if not p.is_file()]
+    if missing:
+        parser.error(f"no such notebook: {missing}")
+    start = time.perf_counter()
+    jobs = [(nb, run) for run in runs for nb in notebooks]
+    results = []
+    with cf.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(launch, nb, run): (nb, run) for nb, run in jobs}
+        for fut in cf.as_completed(futures):
+            r = fut.result()
+            results.append(r)
+            status = "pass" if r["ok"] else f"FAIL {r['error']}"
+            print(f"[{len(results)}/{len(jobs)}] {r['notebook']} {r['run']}: {status} ({r['seconds']:.0f} s)", flush=True)
+    report = table(results, runs, notebooks)
+    header = (f"# make robust: every chapter's asserts on other seeds and another float path\n\n"
+              f"Run {dt.datetime.now():%Y-%m-%d} on {cpu_name()} ({os.cpu_count()} cores), {args.jobs} notebooks at a "
+              f"time, {time.perf_counter() - start:.0f} s in all. Times are wall-clock seconds per notebook.\n\n")
+    print("\n" + report)
+    if args.notebooks:  # a partial run does not overwrite the recorded table
+        return 0 if all(r["ok"] for r in results) else 1
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(header + report + "\n")
+    print(f"\nwrote {args.results.relative_to(ROOT)}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
