@@ -10,11 +10,17 @@ seed and a different noise level than the target task's, and no labels are used,
 the source task is distinct from the target task (the standard MNIST-1D
 classification).
 
-``make_pretrained()`` is the deterministic recipe; running ``python -m
-sparsekit.pretrained`` writes ``sparsekit/assets/tiny_transformer_pretrained.pt`` and
-prints its SHA-256. :func:`load_pretrained` loads the shipped file with
-``torch.load(weights_only=True)`` after checking that hash, so Colab readers get exactly
-the weights the book was built with, without the minute of pre-training.
+``make_pretrained()`` is the recipe; running ``python -m sparsekit.pretrained`` writes
+``sparsekit/assets/tiny_transformer_pretrained.pt`` and prints its SHA-256 and its
+:func:`reconstruction_error`. :func:`load_pretrained` loads the shipped file with
+``torch.load(weights_only=True)`` after checking that hash.
+
+**The shipped file is the reference.** Re-running the recipe reproduces it bit for bit on
+the same kind of CPU with the same thread count, but not on another processor: MKL and
+ATen take other floating-point paths there (``ATEN_CPU_CAPABILITY=default`` shows it on
+one machine), and a few ulps early become other weights after 1500 steps. Such a model has
+the same *quality* (``benchmarks/pretrain_paths.py`` measures it on two float paths), not
+the same bits. Shipping the weights is what makes every reader start from the same model.
 """
 
 from __future__ import annotations
@@ -103,6 +109,41 @@ def make_pretrained(steps: int = 1500, seed: int = 0, batch_size: int = 128, lr:
     return model.eval()
 
 
+@torch.no_grad()
+def reconstruction_error(model: TinyTransformer, *, fit_samples: int = 2000, seed: int = 0) -> float:
+    """Held-out masked-patch MSE of ``model`` with a least-squares linear decoder.
+
+    The quality of a pre-trained encoder that needs no shipped decoder: hide
+    ``MASK_FRACTION`` of the patches of ``fit_samples`` source training sequences, fit the
+    decoder from the hidden tokens' final states to the true patches by least squares
+    (float64, with a bias), then report the mean squared reconstruction error of the hidden
+    patches of the source *test* sequences. Masks come from a generator seeded with ``seed``.
+    An untrained encoder scores near the data's variance; lower is better.
+    """
+    if isinstance(fit_samples, bool) or not isinstance(fit_samples, int) or fit_samples < 1:
+        raise ValueError(f"fit_samples must be a positive int, got {fit_samples!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        source = mnist1d(**SOURCE)
+        gen = torch.Generator().manual_seed(seed)
+
+        def hidden_states_and_targets(x: Tensor) -> tuple[Tensor, Tensor]:
+            p = model.patch_size
+            patches = x.view(x.shape[0], -1, p)
+            hidden = torch.rand(patches.shape[:2], generator=gen) < MASK_FRACTION
+            corrupted = patches.masked_fill(hidden.unsqueeze(-1), 0.0).reshape_as(x)
+            states = token_states(model, corrupted)[hidden].double()
+            return torch.cat([states, torch.ones(len(states), 1, dtype=states.dtype)], dim=1), patches[hidden].double()
+
+        a, b = hidden_states_and_targets(source.x_train[:fit_samples])
+        decoder = torch.linalg.lstsq(a, b).solution
+        a_test, b_test = hidden_states_and_targets(source.x_test)
+        return float(((a_test @ decoder - b_test) ** 2).mean())
+    finally:
+        model.train(was_training)
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -133,16 +174,35 @@ def load_pretrained(path: str | Path | None = None, *, head_seed: int | None = N
     return model
 
 
-def main() -> None:
-    """Write the asset and print its SHA-256 (``python -m sparsekit.pretrained``)."""
+def main(argv: list[str] | None = None) -> None:
+    """Write the weights and print their SHA-256 and quality (``python -m sparsekit.pretrained``).
+
+    ``--out PATH`` writes elsewhere than the package asset (to compare a re-run with the
+    shipped file without replacing it); ``--json`` prints one JSON line for scripts.
+    """
+    import argparse
+    import json
+    import os
     import time
 
+    parser = argparse.ArgumentParser(description="Pre-train the tiny Transformer of chapter 6.")
+    parser.add_argument("--out", type=Path, default=ASSET, help="where to write the weights (default: the asset)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line (sha256, error, seconds)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread: the same float summation order on every run
     start = time.perf_counter()
-    model = make_pretrained()
-    ASSET.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), ASSET)
-    print(f"wrote {ASSET} in {time.perf_counter() - start:.0f} s; SHA-256 {file_sha256(ASSET)}")
+    model = make_pretrained(progress=not args.json)
+    seconds = time.perf_counter() - start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), args.out)
+    result = {"sha256": file_sha256(args.out), "reconstruction_error": reconstruction_error(model),
+              "seconds": round(seconds, 1), "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", "native"),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {args.out} in {seconds:.0f} s; SHA-256 {result['sha256']}; "
+              f"held-out reconstruction error {result['reconstruction_error']:.4f}")
 
 
 if __name__ == "__main__":

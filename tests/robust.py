@@ -9,7 +9,10 @@ must pass; outputs are not compared) under
 * ``aten-default``: ``ATEN_CPU_CAPABILITY=default``, ATen's portable kernels instead of the
   AVX2/AVX-512 ones, i.e. the float path another processor takes (seed base 0);
 
-and prints a table chapter x run -> pass (seconds) or the failing assert. The executed
+and prints a table chapter x run -> pass (seconds) or the failing assert. In the
+``aten-default`` run it also compares what strict nbval compares (the text outputs of cells
+not tagged ``nbval-ignore-output``, after ``tests/nbval_sanitize.cfg``) with the committed
+notebook: those outputs must be the same on every CPU. The executed
 copies go to ``_build/robust/<run>/`` (the committed notebooks are never touched), the table
 to ``benchmarks/results/robust_cpu.md``.
 
@@ -50,6 +53,46 @@ def failing_line(traceback: str) -> str:
     return re.sub(r"^\s*-+>\s*\d+\s*", "", arrows[0]).strip()
 
 
+def _sanitizers() -> list[tuple[re.Pattern, str]]:
+    rules, regex = [], None
+    for line in (ROOT / "tests" / "nbval_sanitize.cfg").read_text().splitlines():
+        if line.startswith("regex:"):
+            regex = line.split(":", 1)[1].strip()
+        elif line.startswith("replace:") and regex is not None:
+            rules.append((re.compile(regex), line.split(":", 1)[1].strip()))
+            regex = None
+    return rules
+
+
+def strict_text(cell: dict, rules: list[tuple[re.Pattern, str]]) -> list[str]:
+    """The text outputs strict nbval compares for one cell (figures are not compared)."""
+    texts = []
+    for out in cell.get("outputs", []):
+        if out["output_type"] == "stream":
+            texts.append("".join(out["text"]) if isinstance(out["text"], list) else out["text"])
+        elif out["output_type"] in ("execute_result", "display_data"):
+            data = out.get("data", {})
+            if any(k.startswith("image/") for k in data):
+                continue
+            texts += ["".join(v) if isinstance(v, list) else str(v) for k, v in sorted(data.items())
+                      if k.startswith("text/") or k.startswith("application/papermill")]
+    for pattern, replacement in rules:
+        texts = [pattern.sub(replacement, t) for t in texts]
+    return texts
+
+
+def strict_differences(committed: dict, executed: dict) -> list[int]:
+    """Indices of cells whose strictly compared outputs differ between two copies of a notebook."""
+    rules = _sanitizers()
+    differ = []
+    for i, (a, b) in enumerate(zip(committed["cells"], executed["cells"], strict=True)):
+        if a["cell_type"] != "code" or "nbval-ignore-output" in a.get("metadata", {}).get("tags", []):
+            continue
+        if strict_text(a, rules) != strict_text(b, rules):
+            differ.append(i)
+    return differ
+
+
 def execute_one(notebook: Path, run: str, out_dir: Path) -> dict:
     """Execute ``notebook`` in this process's environment; return the outcome as a dict."""
     import nbformat
@@ -67,6 +110,10 @@ def execute_one(notebook: Path, run: str, out_dir: Path) -> dict:
         message = f"{err.ename}: {err.evalue}".strip().rstrip(":")
         result.update(ok=False, error=f"`{line}` ({message[:160]})" if line else message[:200])
     result["seconds"] = round(time.perf_counter() - start, 1)
+    if result["ok"] and "ATEN_CPU_CAPABILITY" in RUNS[run]:
+        differ = strict_differences(nbformat.read(notebook, as_version=4), nb)
+        if differ:
+            result.update(ok=False, error=f"strict nbval outputs differ from the committed ones in cells {differ}")
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / notebook.name)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 
 import pytest
@@ -364,24 +365,49 @@ def test_pretrained_tampered_file_is_refused(tmp_path, monkeypatch):
 
 
 def test_pretrained_beats_random_init_at_masked_patch_modelling():
-    # the shipped weights really are pre-trained: the masked-patch objective (on target
-    # sequences, which the pre-training never saw) is far lower with them than with a fresh
-    # model, the linear decoder being fitted by least squares for both
-    x = sk.data.mnist1d().x_test[:256]
-
-    def fitted_loss(model: sk.models.TinyTransformer) -> float:
-        gen = torch.Generator().manual_seed(0)
-        p = model.patch_size
-        patches = x.view(len(x), -1, p)
-        hidden = torch.rand(patches.shape[:2], generator=gen) < pt.MASK_FRACTION
-        with torch.no_grad():
-            h = pt.token_states(model.eval(), patches.masked_fill(hidden.unsqueeze(-1), 0).reshape_as(x))
-        feats = torch.cat([h[hidden], torch.ones(int(hidden.sum()), 1)], 1)
-        sol = torch.linalg.lstsq(feats, patches[hidden]).solution
-        return float(F.mse_loss(feats @ sol, patches[hidden]))
-
+    # the shipped weights really are pre-trained: held-out masked-patch reconstruction with a
+    # least-squares decoder is far better with them than with a fresh model
     torch.manual_seed(0)
-    assert fitted_loss(pt.load_pretrained()) < 0.8 * fitted_loss(sk.models.TinyTransformer(**pt.CONFIG))
+    shipped = pt.reconstruction_error(pt.load_pretrained())
+    untrained = pt.reconstruction_error(sk.models.TinyTransformer(**pt.CONFIG))
+    assert shipped < 0.8 * untrained
+    # deterministic masks; LAPACK's least squares may differ in the last bits between calls (MKL
+    # picks its path by memory alignment), so "the same" is to 1e-9 relative
+    assert pt.reconstruction_error(pt.load_pretrained(), seed=0) == pytest.approx(shipped, rel=1e-9)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="fit_samples"):
+            pt.reconstruction_error(pt.load_pretrained(), fit_samples=bad)
+
+
+def test_pretraining_is_deterministic_within_one_process_configuration():
+    # Bit-for-bit equality holds for one CPU type and thread count, which is all this test
+    # claims: it never compares with the shipped file's hash (another CPU takes other float
+    # paths and gets other bits; see benchmarks/results/pretrained_cpu.md).
+    a = pt.make_pretrained(steps=25, progress=False).state_dict()
+    b = pt.make_pretrained(steps=25, progress=False).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = pt.make_pretrained(steps=25, seed=1, progress=False).state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_pretraining_script_runs_and_reaches_the_shipped_quality(tmp_path, capsys):
+    # The whole recipe (1500 steps, one thread) as `python -m sparsekit.pretrained` runs it, written
+    # elsewhere than the asset. What holds on any CPU is the quality, not the bits: the held-out
+    # error is within 10 % of the shipped model's (measured on two float paths: see
+    # benchmarks/results/pretrained_cpu.md) and far below an untrained encoder's (about 0.99).
+    threads = torch.get_num_threads()
+    try:
+        pt.main(["--out", str(tmp_path / "w.pt"), "--json"])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["sha256"] == pt.file_sha256(tmp_path / "w.pt")
+    shipped = pt.reconstruction_error(pt.load_pretrained())
+    assert abs(result["reconstruction_error"] - shipped) < 0.1 * shipped
+    assert result["reconstruction_error"] < 0.8
+    reloaded = pt.load_pretrained(tmp_path / "w.pt")
+    assert pt.reconstruction_error(reloaded) == pytest.approx(result["reconstruction_error"], rel=1e-9)
+    assert pt.file_sha256(pt.ASSET) == pt.SHA256  # the shipped asset was not touched
 
 
 def test_masked_patch_loss_counts_hidden_tokens_only():
