@@ -50,7 +50,7 @@ def _weight(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- prune_compress_24
 
-SHAPES = [(1, 4), (1, 12), (3, 8), (5, 20), (7, 52), (16, 64), (33, 100)]
+SHAPES = [(1, 4), (1, 12), (3, 8), (5, 20), (7, 52), (16, 64), (33, 100), (3, 1028)]  # 1028: 2 programs per row, odd groups
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

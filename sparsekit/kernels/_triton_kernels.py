@@ -15,39 +15,48 @@ import triton.testing
 
 
 @triton.jit
-def prune_compress_kernel(w_ptr, val_ptr, meta_ptr, K, MB, total_bytes, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)  # one metadata byte = groups 2j and 2j+1
-    valid = offs < total_bytes
-    row = offs // MB
-    j = offs % MB
-    groups = K // 4
-    byte = tl.zeros([BLOCK], dtype=tl.int32)
-    for h in tl.static_range(2):
-        g = 2 * j + h
-        ok = valid & (g < groups)
-        src = w_ptr + row * K + 4 * g
-        x0 = tl.load(src + 0, mask=ok, other=0.0)
-        x1 = tl.load(src + 1, mask=ok, other=0.0)
-        x2 = tl.load(src + 2, mask=ok, other=0.0)
-        x3 = tl.load(src + 3, mask=ok, other=0.0)
-        a0, a1, a2, a3 = tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3)
-        # rank_t = #{larger} + #{equal with a lower index}; keep rank < 2.
-        r0 = (a1 > a0).to(tl.int32) + (a2 > a0).to(tl.int32) + (a3 > a0).to(tl.int32)
-        r1 = (a0 >= a1).to(tl.int32) + (a2 > a1).to(tl.int32) + (a3 > a1).to(tl.int32)
-        r2 = (a0 >= a2).to(tl.int32) + (a1 >= a2).to(tl.int32) + (a3 > a2).to(tl.int32)
-        r3 = (a0 >= a3).to(tl.int32) + (a1 >= a3).to(tl.int32) + (a2 >= a3).to(tl.int32)
-        k0, k1, k2, k3 = r0 < 2, r1 < 2, r2 < 2, r3 < 2
-        i0 = tl.where(k0, 0, tl.where(k1, 1, 2))
-        i1 = tl.where(k3, 3, tl.where(k2, 2, 1))
-        v0 = tl.where(k0, x0, tl.where(k1, x1, x2))
-        v1 = tl.where(k3, x3, tl.where(k2, x2, x1))
-        dst = val_ptr + row * (K // 2) + 2 * g
-        tl.store(dst + 0, v0, mask=ok)
-        tl.store(dst + 1, v1, mask=ok)
-        nib = tl.where(ok, i0 | (i1 << 2), 0)
-        byte = byte | (nib << (4 * h))
-    tl.store(meta_ptr + offs, byte.to(tl.uint8), mask=valid)
+def prune_compress_kernel(w_ptr, val_ptr, meta_ptr, R, K, KV, MB, stride_w, stride_v, stride_m,
+                          BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Prune to 2:4 and compress ``[BLOCK_R rows, BLOCK_J metadata bytes]`` per program.
+
+    Lane ``b`` of the ``BLOCK = BLOCK_R * BLOCK_J`` lanes owns metadata byte ``j`` of row
+    ``row``, i.e. the 8 contiguous weights ``w[row, 8j : 8j + 8]`` (groups ``2j``, ``2j + 1``).
+    They are read as one ``[BLOCK, 8]`` tile (consecutive lanes are consecutive in memory, 8
+    contiguous elements per lane: vector loads) and split in registers; the 4 kept values
+    per lane are written as one ``[BLOCK, 4]`` tile, the byte as one ``[BLOCK]`` vector.
+    """
+    BLOCK: tl.constexpr = BLOCK_R * BLOCK_J
+    lane = tl.arange(0, BLOCK)
+    row = tl.program_id(0).to(tl.int64) * BLOCK_R + lane // BLOCK_J  # int64: rows * K may exceed 2**31
+    j = tl.program_id(1) * BLOCK_J + lane % BLOCK_J  # metadata byte within the row
+    row_ok = row < R
+    col = 8 * j[:, None] + tl.arange(0, 8)[None, :]  # [BLOCK, 8], column 4h + 2a + b of byte j
+    x = tl.load(w_ptr + row[:, None] * stride_w + col, mask=row_ok[:, None] & (col < K), other=0.0)
+    # Split in registers: [BLOCK, 8] -> [BLOCK, h, a, b] -> x_{2a+b}, each [BLOCK, 2 (h: group 2j + h)].
+    xe, xo = tl.split(tl.reshape(x, [BLOCK, 2, 2, 2]))  # b = 0 / 1: [BLOCK, h, a]
+    x0, x2 = tl.split(xe)
+    x1, x3 = tl.split(xo)
+    a0, a1, a2, a3 = tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3)
+    # rank_t = #{larger} + #{equal with a lower index}; keep rank < 2 (ties -> lower index,
+    # the rule of sparsekit.nm._rank_in_group, so the choice is the reference's bit for bit).
+    r0 = (a1 > a0).to(tl.int32) + (a2 > a0).to(tl.int32) + (a3 > a0).to(tl.int32)
+    r1 = (a0 >= a1).to(tl.int32) + (a2 > a1).to(tl.int32) + (a3 > a1).to(tl.int32)
+    r2 = (a0 >= a2).to(tl.int32) + (a1 >= a2).to(tl.int32) + (a3 > a2).to(tl.int32)
+    r3 = (a0 >= a3).to(tl.int32) + (a1 >= a3).to(tl.int32) + (a2 >= a3).to(tl.int32)
+    k0, k1, k2, k3 = r0 < 2, r1 < 2, r2 < 2, r3 < 2
+    i0 = tl.where(k0, 0, tl.where(k1, 1, 2))
+    i1 = tl.where(k3, 3, tl.where(k2, 2, 1))
+    v0 = tl.where(k0, x0, tl.where(k1, x1, x2))  # selects, never arithmetic: bits (and -0.0) kept
+    v1 = tl.where(k3, x3, tl.where(k2, x2, x1))
+    # values of byte j: [v0(2j), v1(2j), v0(2j+1), v1(2j+1)] = join -> [BLOCK, h, t] -> 2h + t.
+    vcol = 4 * j[:, None] + tl.arange(0, 4)[None, :]
+    tl.store(val_ptr + row[:, None] * stride_v + vcol, tl.reshape(tl.join(v0, v1), [BLOCK, 4]),
+             mask=row_ok[:, None] & (vcol < KV))
+    # A group past K (the high nibble when K % 8 == 4) gets nibble 0, as in compress_24.
+    g_ok = (8 * j[:, None] + 4 * tl.arange(0, 2)[None, :]) < K
+    nib_lo, nib_hi = tl.split(tl.where(g_ok, i0 | (i1 << 2), 0))
+    tl.store(meta_ptr + row * stride_m + j, (nib_lo | (nib_hi << 4)).to(tl.uint8), mask=row_ok & (j < MB))
+
 
 @triton.jit
 def sparse24_linear_kernel(x_ptr, v_ptr, m_ptr, b_ptr, y_ptr, M, N, K,

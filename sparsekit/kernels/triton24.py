@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_BLOCK_J = 64  # prune_compress_24: at most 64 metadata bytes (512 weights) of one row per program
 
 
 def interpreting() -> bool:
@@ -102,11 +103,15 @@ def prune_compress_24(w: Tensor, *, block: int = 256) -> tuple[Tensor, Tensor]:
     mb = math.ceil(k / 8)
     values = torch.empty(rows, k // 2, dtype=w.dtype, device=w.device)
     meta = torch.empty(rows, mb, dtype=torch.uint8, device=w.device)
-    total = rows * mb
-    if total == 0:
+    if rows * mb == 0:
         return values, meta
+    # A program covers block_r rows x block_j metadata bytes (8 contiguous weights each).
+    block_j = min(block, 1 << math.ceil(math.log2(mb)), MAX_BLOCK_J)
+    block_r = block // block_j
     kern = _kernels()["prune_compress"]
-    kern[(math.ceil(total / block),)](w, values, meta, k, mb, total, BLOCK=block)
+    grid = (math.ceil(rows / block_r), math.ceil(mb / block_j))
+    kern[grid](w, values, meta, rows, k, k // 2, mb, w.stride(0), values.stride(0), meta.stride(0),
+               BLOCK_R=block_r, BLOCK_J=block_j)
     return values, meta
 
 
