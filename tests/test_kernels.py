@@ -24,6 +24,7 @@ import sparsekit as sk
 from sparsekit import kernels
 
 pytest.importorskip("triton")
+from sparsekit.kernels import _triton_kernels as tk  # noqa: E402 - after the importorskip (imports triton)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -275,16 +276,141 @@ def test_to_semi_structured_rejects_non_24_weight():
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA: compiled (not interpreted) kernels")
-def test_compiled_kernels_on_gpu_fp16():
-    w = torch.randn(256, 512, dtype=torch.float16, device="cuda")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_compiled_kernels_on_gpu(dtype):
+    w = torch.randn(256, 512, dtype=dtype, device="cuda")
     values, meta = kernels.prune_compress_24(w)
     ref_v, ref_m = sk.compress_24(w * sk.nm_mask(w))
     assert torch.equal(meta, ref_m) and torch.equal(_bits(values), _bits(ref_v))
-    for batch in (1, 16, 300):
-        x = torch.randn(batch, 512, dtype=torch.float16, device="cuda")
-        y = kernels.sparse24_linear(x, values, meta)
-        ref = (x.float() @ sk.decompress_24(values, meta).float().T)
-        assert float((y.float() - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
+    for batch in (1, 16, 300):  # 1 and 16: split-K configs are candidates of the autotuner
+        x = torch.randn(batch, 512, dtype=dtype, device="cuda")
+        bias = torch.randn(256, dtype=dtype, device="cuda")
+        y = kernels.sparse24_linear(x, values, meta, bias)
+        ref = _reference(x, values, meta, bias)
+        assert float((y.float() - ref).abs().max()) <= TOL[dtype] * float(ref.abs().max())
+
+
+# ---------------------------------------------------------------- every autotune config, split-K
+
+CONFIG_IDS = [f"M{c.kwargs['BLOCK_M']}N{c.kwargs['BLOCK_N']}K{c.kwargs['BLOCK_K']}S{c.kwargs['SPLIT_K']}"
+              f"w{c.num_warps}s{c.num_stages}" for c in tk.CONFIGS]
+
+
+def _run_config(x, values, meta, bias, cfg):
+    """The jitted kernel (not the autotuner) with one autotune config, reduction pass included."""
+    from sparsekit.kernels import triton24
+
+    y = torch.empty(x.shape[0], values.shape[0], dtype=x.dtype, device=x.device)
+    kw = cfg.kwargs
+    launch = {} if kernels.interpreting() else dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    triton24._LinearCall(x, values, meta, bias, y, kernels.interpreting()).explicit(
+        kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"], **launch)
+    return y
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", tk.CONFIGS, ids=CONFIG_IDS)
+def test_sparse24_linear_every_config(cfg, dtype):
+    """Every entry of the autotuner's config list, explicitly: K = 260 > every BLOCK_K (so
+    tiles accumulate; 65 groups, an odd count), M and N not multiples of the blocks, and the
+    split-K path (including splits left without a K tile) where the config has SPLIT_K > 1."""
+    m, n, k = 18, 40, 260
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(n, k, generator=gen)
+    values, meta = sk.compress_24((w * sk.nm_mask(w)).to(dtype))
+    values, meta = values.to(DEVICE), meta.to(DEVICE)
+    x = torch.randn(m, k, generator=gen).to(dtype).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(dtype).to(DEVICE)
+    assert k > cfg.kwargs["BLOCK_K"]
+    try:
+        y = _run_config(x, values, meta, bias, cfg)
+    except Exception as exc:  # a compiled config may not fit this GPU; the autotuner skips those too
+        if CUDA and type(exc).__name__ == "OutOfResources":
+            pytest.skip(f"config does not fit this GPU: {exc}")
+        raise
+    ref = _reference(x, values, meta, bias)
+    assert float((y.float() - ref).abs().max()) <= TOL[dtype] * float(ref.abs().max().clamp_min(1.0))
+
+
+@pytest.mark.parametrize("split_k", [2, 3, 4, 8])
+def test_split_k_equals_unsplit_exactly_on_integers(split_k):
+    # small integers: every partial sum is exact in fp32, so any split order gives the same bits
+    gen = torch.Generator().manual_seed(split_k)
+    w = torch.randint(-3, 4, (24, 200), generator=gen).float()
+    values, meta = kernels.prune_compress_24(w.to(DEVICE))
+    x = torch.randint(-3, 4, (5, 200), generator=gen).float().to(DEVICE)
+    bias = torch.randint(-3, 4, (24,), generator=gen).float().to(DEVICE)
+    y1 = kernels.sparse24_linear(x, values, meta, bias, blocks=(16, 16, 32))
+    ys = kernels.sparse24_linear(x, values, meta, bias, blocks=(16, 16, 32), split_k=split_k)
+    assert torch.equal(ys, y1)
+    assert torch.equal(ys, x @ sk.decompress_24(values, meta).T + bias)
+
+
+def test_split_k_argument_checks():
+    values, meta = sk.compress_24(torch.zeros(4, 16))
+    x = torch.zeros(2, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="positive int"):
+        kernels.sparse24_linear(x, values.to(DEVICE), meta.to(DEVICE), blocks=(16, 16, 16), split_k=0)
+    with pytest.raises(ValueError, match="together with blocks"):
+        kernels.sparse24_linear(x, values.to(DEVICE), meta.to(DEVICE), split_k=2)
+
+
+def test_prune_linear_configs_keeps_split_k_for_small_batches_only():
+    def kept(m_bucket, k):
+        return [(c.kwargs["BLOCK_M"], c.kwargs["SPLIT_K"], c.kwargs["BLOCK_K"])
+                for c in tk.prune_linear_configs(tk.CONFIGS, {"M_BUCKET": m_bucket, "K": k})]
+
+    small = kept(16, 8192)
+    assert any(s > 1 for _, s, _ in small) and any(s == 1 for _, s, _ in small)
+    assert all(bm == 16 for bm, _, _ in small)  # no 128-row tiles for a batch of 1..16
+    assert {s for _, s, _ in kept(32, 8192)} > {1}
+    assert all(s == 1 for _, s, _ in kept(64, 8192)) and all(bm <= 64 for bm, _, _ in kept(64, 8192))
+    assert all(s == 1 for _, s, _ in kept(4096, 8192)) and len(kept(4096, 8192)) == sum(
+        c.kwargs["SPLIT_K"] == 1 for c in tk.CONFIGS)
+    assert all(s * bk <= 300 for _, s, bk in kept(16, 300))  # every split gets a K tile
+    assert kept(16, 4)  # never empty
+    assert tk.MAX_SPLIT_K == max(c.kwargs["SPLIT_K"] for c in tk.CONFIGS) > 1
+
+
+def test_autotuner_choosing_split_k_runs_the_reduction():
+    """The whole autotuned path under a fake clock that favours the last (split) config:
+    post_hook reduces while timing each split config, and the final call reduces too."""
+    from sparsekit.kernels import triton24
+
+    configs = [tk.CONFIGS[0]] + [c for c in tk.CONFIGS if c.kwargs["SPLIT_K"] > 1][:2]
+    gen = torch.Generator().manual_seed(11)
+    k = 520  # >= SPLIT_K * BLOCK_K for the chosen split configs, so pruning keeps them
+    assert tk.prune_linear_configs(configs, {"M_BUCKET": 16, "K": k}) == configs
+    values, meta = kernels.prune_compress_24(torch.randn(20, k, generator=gen).to(DEVICE))
+    x = torch.randn(3, k, generator=gen).to(DEVICE)
+    bias = torch.randn(20, generator=gen).to(DEVICE)
+    ref = _reference(x, values, meta, bias)
+    y = torch.empty(3, 20, device=DEVICE)
+    timed = []
+
+    def fake_bench(kernel_call, quantiles=None):
+        y.fill_(float("nan"))
+        kernel_call()
+        timed.append(float((y - ref).abs().max()))  # each timed call, split ones too, yields y
+        t = 10.0 - len(timed)
+        return [t, t, t]
+
+    tuned = tk.make_linear_autotuner(configs, do_bench=fake_bench)
+    y.fill_(float("nan"))
+    triton24._LinearCall(x, values, meta, bias, y, kernels.interpreting()).tuned(tuned)
+    assert tuned.best_config is configs[-1] and configs[-1].kwargs["SPLIT_K"] > 1
+    assert len(timed) == len(configs) and all(err < 1e-4 for err in timed)  # NaN fails too
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_version_guard():
+    from sparsekit.kernels import triton24
+
+    assert triton24.triton_version_ok("3.3.0") and triton24.triton_version_ok("3.10.1+git1234")
+    assert not triton24.triton_version_ok("3.2.0") and not triton24.triton_version_ok("2.3.1")
+    import triton
+
+    assert triton24.triton_version_ok(triton.__version__)  # the installed one passes
 
 
 def test_autotuned_wrapper_kernel_runs_under_fixed_blocks():
@@ -297,9 +423,9 @@ def test_autotuned_wrapper_kernel_runs_under_fixed_blocks():
     bias = torch.randn(20, generator=gen).to(DEVICE)
     y = torch.empty(3, 20, device=DEVICE)
     tuned = triton24._kernels()["linear_tuned"]
-    tuned.fn[(1, 2)](x, values, meta, bias, y, 3, 20, 40, x.stride(0), values.stride(0), meta.stride(0),
-                     y.stride(0), triton24._m_bucket(3), HAS_BIAS=True, UPCAST=False, IEEE=True,
-                     BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
+    tuned.fn[(1, 2, 1)](x, values, meta, bias, y, y, 3, 20, 40, 20, 5, x.stride(0), values.stride(0),
+                        meta.stride(0), y.stride(0), triton24._m_bucket(3), HAS_BIAS=True, UPCAST=False,
+                        IEEE=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1)
     torch.testing.assert_close(y, kernels.sparse24_linear(x, values, meta, bias), rtol=1e-5, atol=1e-5)
     assert triton24._m_bucket(1) == 16 and triton24._m_bucket(17) == 32 and triton24._m_bucket(4096) == 4096
 

@@ -3,6 +3,14 @@
 Kept in their own module because ``@triton.jit`` functions resolve the functions they call
 as module globals (not closures): ``sparse24_linear_bucketed`` calls
 ``sparse24_linear_kernel`` by its global name.
+
+Split-K combines its fp32 partials with a second pass (``splitk_reduce_kernel``), not with
+atomics: the partials go to a ``[SPLIT_K, M, N]`` fp32 workspace and are summed in a fixed
+order, so results are bit-reproducible run to run (atomic float adds land in whatever order
+the programs finish), no zero-filled accumulator has to be launched first, and the bias
+and the cast to the output dtype happen once, in the same pass. The price is one small
+launch and ``2 * SPLIT_K * M * N * 4`` bytes of traffic, negligible next to the weight at
+the batches (<= 32) where split-K is used.
 """
 
 from __future__ import annotations
@@ -59,33 +67,48 @@ def prune_compress_kernel(w_ptr, val_ptr, meta_ptr, R, K, KV, MB, stride_w, stri
 
 
 @triton.jit
-def sparse24_linear_kernel(x_ptr, v_ptr, m_ptr, b_ptr, y_ptr, M, N, K,
+def sparse24_linear_kernel(x_ptr, v_ptr, m_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, KV, MB,
                            stride_xm, stride_vn, stride_mn, stride_ym,
                            HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           SPLIT_K: tl.constexpr):
+    """``y[BLOCK_M, BLOCK_N]`` tile of ``x @ W.T (+ bias)``; program ``(i, j, s)``.
+
+    ``KV = K / 2`` (values per row) and ``MB = ceil(K / 8)`` (metadata bytes per row) are
+    arguments, not computed here, so Triton's integer specialization sees their
+    divisibility (by 16 when they are) and the masked loads keep their vector width.
+    With ``SPLIT_K > 1`` program ``s`` sums only its contiguous share of the K tiles and
+    writes an fp32 partial to ``ws[s]`` (``[SPLIT_K, M, N]``); ``splitk_reduce_kernel``
+    then adds the partials in a fixed order, adds the bias and casts.
+    """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     rv = tl.arange(0, BLOCK_K // 2)  # compressed values in a K tile
     rb = tl.arange(0, BLOCK_K // 8)  # metadata bytes in a K tile
-    groups = K // 4
-    mb = (groups + 1) // 2
     m_ok = rm < M
     n_ok = rn < N
+    tiles = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(tiles, SPLIT_K)
+    t_start = pid_k * per_split
+    t_stop = tl.minimum(t_start + per_split, tiles)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
+    for t in range(t_start, t_stop):
+        k0 = t * BLOCK_K
+        # k0 is a multiple of BLOCK_K, so each offset vector is one aligned contiguous run.
+        kk = tl.max_contiguous(tl.multiple_of(k0 + rk, BLOCK_K), BLOCK_K)
+        vv = tl.max_contiguous(tl.multiple_of(k0 // 2 + rv, BLOCK_K // 2), BLOCK_K // 2)
+        bb = tl.max_contiguous(tl.multiple_of(k0 // 8 + rb, BLOCK_K // 8), BLOCK_K // 8)
         x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
                     mask=m_ok[:, None] & (kk[None, :] < K), other=0.0)
         # Compressed weight tile: values [BLOCK_N, BLOCK_K/2], meta [BLOCK_N, BLOCK_K/8].
-        vv = k0 // 2 + rv
         vals = tl.load(v_ptr + rn[:, None] * stride_vn + vv[None, :],
-                       mask=n_ok[:, None] & (vv[None, :] < 2 * groups), other=0.0)
-        bb = k0 // 8 + rb
+                       mask=n_ok[:, None] & (vv[None, :] < KV), other=0.0)
         meta = tl.load(m_ptr + rn[:, None] * stride_mn + bb[None, :],
-                       mask=n_ok[:, None] & (bb[None, :] < mb), other=0).to(tl.int32)
+                       mask=n_ok[:, None] & (bb[None, :] < MB), other=0).to(tl.int32)
         # Decompress in registers: split values into (v0, v1) per group, bytes into nibbles.
         v0, v1 = tl.split(tl.reshape(vals, [BLOCK_N, BLOCK_K // 4, 2]))
         nib = tl.reshape(tl.join(meta & 0xF, meta >> 4), [BLOCK_N, BLOCK_K // 4])
@@ -105,20 +128,78 @@ def sparse24_linear_kernel(x_ptr, v_ptr, m_ptr, b_ptr, y_ptr, M, N, K,
             acc += tl.dot(x, tl.trans(w), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w))
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+    else:
+        part = ws_ptr + pid_k.to(tl.int64) * M * N
+        tl.store(part + rm[:, None] * N + rn[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def splitk_reduce_kernel(ws_ptr, b_ptr, y_ptr, M, N, stride_ym,
+                         HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """``y = sum_s ws[s] (+ bias)``, cast to y's dtype; s in a fixed order (deterministic)."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    total = M * N
+    ok = idx < total
+    acc = tl.load(ws_ptr + idx, mask=ok, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(ws_ptr + s * total + idx, mask=ok, other=0.0)
+    col = idx % N
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+        acc += tl.load(b_ptr + col, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + (idx // N) * stride_ym + col, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [
-        (16, 32, 128, 4, 4), (16, 64, 128, 4, 4), (16, 32, 256, 4, 3), (16, 64, 256, 8, 3),
-        (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
-        (64, 128, 64, 4, 4),
-    ]
+REDUCE_BLOCK = 1024
+
+
+def launch_splitk_reduce(ws: Any, bias: Any, y: Any, m: int, n: int, stride_ym: int, has_bias: bool,
+                         split_k: int) -> None:
+    """The second pass of split-K: fixed-order sum of the fp32 partials, bias, cast."""
+    grid = (triton.cdiv(m * n, REDUCE_BLOCK),)
+    splitk_reduce_kernel[grid](ws, bias, y, m, n, stride_ym, HAS_BIAS=has_bias, SPLIT_K=split_k,
+                               BLOCK=REDUCE_BLOCK)
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT_K). Every entry is run under the
+# interpreter by tests/test_kernels.py (test_sparse24_linear_every_config), so a config added
+# here is tested automatically. SPLIT_K > 1 entries are only tried for small batches
+# (prune_linear_configs): at batch <= 16 the grid has only ceil(N / BLOCK_N) tiles, too few
+# programs to keep every SM streaming weights; splitting K multiplies the programs.
+CONFIG_TABLE = [
+    (16, 32, 128, 4, 4, 1), (16, 64, 128, 4, 4, 1), (16, 32, 256, 4, 3, 1), (16, 64, 256, 8, 3, 1),
+    (32, 64, 128, 4, 4, 1), (64, 64, 64, 4, 4, 1), (128, 128, 64, 8, 3, 1), (128, 256, 64, 8, 3, 1),
+    (64, 128, 64, 4, 4, 1),
+    (16, 64, 128, 4, 4, 2), (16, 64, 128, 4, 4, 4), (16, 32, 128, 4, 4, 4), (16, 64, 256, 8, 3, 4),
+    (16, 32, 128, 4, 4, 8),
 ]
+CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s, sk in CONFIG_TABLE
+]
+MAX_SPLIT_K = max(c.kwargs["SPLIT_K"] for c in CONFIGS)
+SPLIT_K_MAX_M = 32  # split-K configs are candidates only while M_BUCKET <= this
+
+
+def prune_linear_configs(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+    """Autotune's ``early_config_prune``: which configs are worth timing for this M, K.
+
+    * ``SPLIT_K > 1`` only for small batches (``M_BUCKET <= SPLIT_K_MAX_M``) and only when
+      every split gets at least one K tile (``K >= SPLIT_K * BLOCK_K``);
+    * ``BLOCK_M`` at most ``max(16, M_BUCKET)``: a 128-row tile for a batch of 1 wastes
+      127 rows of every ``tl.dot`` (and the tuning time spent on it).
+    Falls back to the ``SPLIT_K == 1`` configs if the rules leave nothing.
+    """
+    m_bucket, k = int(named_args["M_BUCKET"]), int(named_args["K"])
+    keep = [c for c in configs
+            if c.kwargs["BLOCK_M"] <= max(16, m_bucket)
+            and (c.kwargs["SPLIT_K"] == 1
+                 or (m_bucket <= SPLIT_K_MAX_M and k >= c.kwargs["SPLIT_K"] * c.kwargs["BLOCK_K"]))]
+    return keep or [c for c in configs if c.kwargs["SPLIT_K"] == 1]
 
 
 def quick_bench(fn: Any, quantiles: Any = None) -> Any:
@@ -126,16 +207,34 @@ def quick_bench(fn: Any, quantiles: Any = None) -> Any:
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
+def _reduce_after_bench(nargs: dict[str, Any], exception: Any = None) -> None:
+    """Autotune ``post_hook``: while timing a SPLIT_K > 1 config, run the reduction pass too,
+    so a split config is charged for its second pass. (The autotuner calls post_hook only
+    while benchmarking; after it, ``sparse24_linear`` launches the reduction itself.)"""
+    if exception is None and nargs["SPLIT_K"] > 1:
+        launch_splitk_reduce(nargs["ws_ptr"], nargs["b_ptr"], nargs["y_ptr"], nargs["M"], nargs["N"],
+                             nargs["stride_ym"], nargs["HAS_BIAS"], nargs["SPLIT_K"])
+
+
 @triton.jit
-def sparse24_linear_bucketed(x_ptr, v_ptr, m_ptr, b_ptr, y_ptr, M, N, K,
+def sparse24_linear_bucketed(x_ptr, v_ptr, m_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, KV, MB,
                              stride_xm, stride_vn, stride_mn, stride_ym, M_BUCKET,
                              HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                             SPLIT_K: tl.constexpr):
     """``sparse24_linear_kernel`` with an extra ``M_BUCKET`` argument that keys the autotuner."""
-    sparse24_linear_kernel(x_ptr, v_ptr, m_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_vn, stride_mn,
-                           stride_ym, HAS_BIAS, UPCAST, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
+    sparse24_linear_kernel(x_ptr, v_ptr, m_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, KV, MB, stride_xm, stride_vn,
+                           stride_mn, stride_ym, HAS_BIAS, UPCAST, IEEE, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
 
 
-# M is bucketed (powers of two >= 16) so small and large batches tune separately.
-sparse24_linear_tuned = triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "IEEE"],
-                                        do_bench=quick_bench)(sparse24_linear_bucketed)
+def make_linear_autotuner(configs: list[Any] | None = None, do_bench: Any = quick_bench) -> Any:
+    """The autotuned ``sparse24_linear_bucketed``: keyed on M's bucket (powers of two >= 16,
+    so small and large batches tune separately), N, K and IEEE; configs pruned by
+    ``prune_linear_configs``. Tests build one with a fake ``do_bench`` to drive the choice."""
+    return triton.autotune(configs=CONFIGS if configs is None else configs,
+                           key=["M_BUCKET", "N", "K", "IEEE"], do_bench=do_bench,
+                           prune_configs_by={"early_config_prune": prune_linear_configs},
+                           post_hook=_reduce_after_bench)(sparse24_linear_bucketed)
+
+
+sparse24_linear_tuned = make_linear_autotuner()
