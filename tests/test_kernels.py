@@ -51,7 +51,8 @@ def _weight(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- prune_compress_24
 
-SHAPES = [(1, 4), (1, 12), (3, 8), (5, 20), (7, 52), (16, 64), (33, 100), (3, 1028)]  # 1028: 2 programs per row, odd groups
+# (3, 1028): two programs along a row (> 64 metadata bytes), an odd number of groups
+SHAPES = [(1, 4), (1, 12), (3, 8), (5, 20), (7, 52), (16, 64), (33, 100), (3, 1028)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
