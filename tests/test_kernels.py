@@ -450,11 +450,64 @@ def test_gpu_benchmark_dry_run(tmp_path):
     assert "DRY RUN" in text and "not GPU measurements" in text
     assert text.count("pass (bit-exact)") == 3 and "FAIL" not in text and "ERROR" not in text
     assert "| 1 | 64x64 |" in text and "| 3 | 64x64 |" in text and "unavailable" in text
-    assert "64x64 |" in text.split("bandwidth")[1]
+    assert "64x64 |" in text.split("## `prune_compress_24` bandwidth")[1]
+    # the roofline: a model for the GPU shapes, labelled as such, as a table and a figure
+    roof = text.split("## Roofline")[1].split("## `prune_compress_24`")[0]
+    assert "model, not a measurement" in roof and "H100 SXM" in roof
+    assert "| 1 | 8192x8192 | 128 | 72 | 1.78x | memory, memory | 1.78x |" in roof
+    assert "| 8192 | 8192x8192 | 128 | 72 | 1.00x | compute, compute | 2.00x |" in roof
+    (png,) = tmp_path.glob("gpu_24_DRYRUN_*_roofline.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"Figure: `{png.name}`" in roof
     (js,) = tmp_path.glob("gpu_24_DRYRUN_*.json")
-    assert '"dry_run": true' in js.read_text()
+    assert '"dry_run": true' in js.read_text() and '"model_not_a_measurement": true' in js.read_text()
     # the results folder is never written by a dry run
     assert not list((Path(gpu_24.RESULTS)).glob("gpu_24_DRYRUN_*"))
+
+
+def test_cuda_graph_time_is_the_benchmarks_timer():
+    gpu_24 = _load_gpu_24()
+    if not CUDA:
+        with pytest.raises(RuntimeError, match="CUDA"):
+            sk.bench.cuda_graph_time(lambda: None)
+        seconds, method = gpu_24.make_timer("cpu", repeats=2, inner=1)(lambda: sum(range(100)))
+        assert method == "cpu" and seconds > 0
+        return
+    a = torch.randn(512, 512, device="cuda")
+    t = sk.bench.cuda_graph_time(lambda: a @ a, repeats=3, inner=2)
+    assert t.repeats == 3 and 0 < t.q1 <= t.median <= t.q3
+    seconds, method = gpu_24.make_timer("cuda", repeats=3, inner=2)(lambda: a @ a)
+    assert method == "graph" and seconds > 0
+
+
+def test_roofline_model_numbers():
+    gpu_24 = _load_gpu_24()
+    peak, bw = 989.4e12, 3.35e12
+    # batch 1, large N*K: memory-bound both ways, ceiling 2 / (1 + 1/8) = 32/18 = 1.78x
+    r = gpu_24.roofline(1, 1 << 16, 1 << 16, peak, bw)
+    assert r["dense_bound"] == r["sparse24_bound"] == "memory"
+    assert abs(r["ceiling"] - 32 / 18) < 1e-3 and abs(r["semi_ceiling"] - 32 / 18) < 1e-3
+    # exact byte counts: weight, metadata (ceil(K / 8) per row), activations in, outputs out
+    r = gpu_24.roofline(16, 8192, 8192, peak, bw)
+    io = 2 * 16 * 8192 + 2 * 16 * 8192
+    assert r["dense_bytes"] == 2 * 8192 * 8192 + io
+    assert r["sparse_bytes"] == 8192 * 8192 + 8192 * 8192 // 8 + io
+    assert r["flops"] == 2 * 16 * 8192 * 8192
+    assert r["ceiling"] == pytest.approx((2 * 8192 * 8192 + io) / (9 / 8 * 8192 * 8192 + io))
+    assert gpu_24.roofline(1, 4, 12, peak, bw)["sparse_bytes"] == 4 * 12 + 4 * 2 + 2 * 12 + 2 * 4  # K % 8 == 4
+    # large batch: compute-bound at the same dense peak (sparse24_linear: 1x), Sparse Tensor Cores: 2x
+    r = gpu_24.roofline(8192, 8192, 8192, peak, bw)
+    assert r["dense_bound"] == r["sparse24_bound"] == "compute"
+    assert r["ceiling"] == 1.0 and r["semi_ceiling"] == 2.0
+    # the ceiling never rises with batch
+    c = [gpu_24.roofline(b, 4096, 4096, peak, bw)["ceiling"] for b in gpu_24.ROOF_BATCHES]
+    assert all(a >= b for a, b in zip(c, c[1:]))
+    # peaks: by GPU name, specific before general; overrides; unknown device -> the default
+    assert gpu_24.model_peaks("NVIDIA H100 80GB HBM3")["label"] == "H100 SXM"
+    assert gpu_24.model_peaks("NVIDIA H100 PCIe")["label"] == "H100 PCIe"
+    assert gpu_24.model_peaks("NVIDIA H200")["bandwidth"] == 4.8e12
+    p = gpu_24.model_peaks("Some GPU", peak_tflops=100.0, bandwidth_gbs=1000.0)
+    assert p["peak_flops"] == 100e12 and p["bandwidth"] == 1e12 and "command line" in p["source"]
+    assert gpu_24.model_peaks(None)["label"] == gpu_24.DEFAULT_MODEL_DEVICE
 
 
 def test_gpu_benchmark_render_goals():
