@@ -1,7 +1,10 @@
 """Triton kernels for the 2:4 format of ``sparsekit.compress_24``.
 
-``prune_compress_24(w)`` — each program handles ``BLOCK`` bytes of metadata, i.e. pairs
-of groups of four weights. Per group it ranks the four magnitudes by pairwise comparison
+``prune_compress_24(w)`` — each program handles ``block`` bytes of metadata laid out as
+``block_r`` rows x ``block_j`` consecutive bytes of a row; a byte is a pair of groups of
+four weights, i.e. 8 contiguous weights, so the program reads one contiguous
+``[block, 8]`` tile (vector loads) and splits it in registers. Per group it ranks the four
+magnitudes by pairwise comparison
 (Triton has ``tl.sort`` but no argsort; ties go to the lower index, as in
 ``sparsekit.nm_mask``), keeps the two best, and writes their values and the nibble
 ``i0 | (i1 << 2)``. One read of ``w``, one write of half of it plus 1/16 of it in metadata.
@@ -12,6 +15,12 @@ values and ``BLOCK_K / 8`` metadata bytes per row, splits them into per-group
 ``(v0, v1)`` and ``(i0, i1)``, and rebuilds the four columns of each group in registers
 (``w_t = v0 if t == i0 else v1 if t == i1 else 0``) before ``tl.dot``. At small batch
 the matmul is memory-bound, so reading 9/16 of the fp16 weight bytes is the speedup.
+Metadata width ``ceil(K / 8)`` and value width ``K / 2`` are kernel arguments (Triton sees
+their divisibility), so the masked metadata loads are not reduced to single bytes. At
+batch <= 32 the autotuner may also pick split-K (``SPLIT_K`` in its configs): the grid of
+``ceil(M / BLOCK_M) * ceil(N / BLOCK_N)`` tiles is too small to keep every SM streaming
+weights, so each tile's K range is split over ``SPLIT_K`` programs whose fp32 partials a
+second, fixed-order pass sums (deterministic; see ``_triton_kernels``).
 
 Triton is imported on first use only. Under ``TRITON_INTERPRET=1`` (CPU) the kernels run
 in Triton's interpreter; there ``tl.dot`` on bf16 tiles multiplies raw bit patterns
