@@ -24,7 +24,7 @@ import triton.testing
 
 @triton.jit
 def prune_compress_kernel(w_ptr, val_ptr, meta_ptr, R, K, KV, MB, stride_w, stride_v, stride_m,
-                          BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
+                          BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK: tl.constexpr):
     """Prune to 2:4 and compress ``[BLOCK_R rows, BLOCK_J metadata bytes]`` per program.
 
     Lane ``b`` of the ``BLOCK = BLOCK_R * BLOCK_J`` lanes owns metadata byte ``j`` of row
@@ -33,7 +33,7 @@ def prune_compress_kernel(w_ptr, val_ptr, meta_ptr, R, K, KV, MB, stride_w, stri
     contiguous elements per lane: vector loads) and split in registers; the 4 kept values
     per lane are written as one ``[BLOCK, 4]`` tile, the byte as one ``[BLOCK]`` vector.
     """
-    BLOCK: tl.constexpr = BLOCK_R * BLOCK_J
+    tl.static_assert(BLOCK == BLOCK_R * BLOCK_J)
     lane = tl.arange(0, BLOCK)
     row = tl.program_id(0).to(tl.int64) * BLOCK_R + lane // BLOCK_J  # int64: rows * K may exceed 2**31
     j = tl.program_id(1) * BLOCK_J + lane % BLOCK_J  # metadata byte within the row

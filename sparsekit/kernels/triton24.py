@@ -138,7 +138,7 @@ def prune_compress_24(w: Tensor, *, block: int = 256) -> tuple[Tensor, Tensor]:
     kern = _kernels()["prune_compress"]
     grid = (math.ceil(rows / block_r), math.ceil(mb / block_j))
     kern[grid](w, values, meta, rows, k, k // 2, mb, w.stride(0), values.stride(0), meta.stride(0),
-               BLOCK_R=block_r, BLOCK_J=block_j)
+               BLOCK_R=block_r, BLOCK_J=block_j, BLOCK=block)
     return values, meta
 
 
