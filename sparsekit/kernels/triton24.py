@@ -102,7 +102,7 @@ def _kernels() -> dict[str, Any]:
 
     return {"prune_compress": tk.prune_compress_kernel, "linear": tk.sparse24_linear_kernel,
             "linear_tuned": tk.sparse24_linear_tuned, "launch_reduce": tk.launch_splitk_reduce,
-            "configs": tk.CONFIGS, "max_split_k": tk.MAX_SPLIT_K, "split_k_max_m": tk.SPLIT_K_MAX_M}
+            "configs": tk.CONFIGS, "prune_configs": tk.prune_linear_configs}
 
 
 def _m_bucket(m: int) -> int:
@@ -247,10 +247,11 @@ class _LinearCall:
         self.reduce(ws, split_k)
 
     def tuned(self, tuned: Any) -> None:
-        """The autotuned kernel; a workspace for the largest split exists only for small M."""
+        """The autotuned kernel, with a workspace for the largest split it may choose (none for
+        large M, where the pruning rule leaves only SPLIT_K == 1)."""
         bucket = _m_bucket(self.m)
-        max_split = _kernels()["max_split_k"] if bucket <= _kernels()["split_k_max_m"] else 1
-        ws = self.workspace(max_split)
+        candidates = _kernels()["prune_configs"](tuned.configs, {"M_BUCKET": bucket, "K": self.k})
+        ws = self.workspace(max(c.kwargs["SPLIT_K"] for c in candidates))
         m, n = self.m, self.n
 
         def grid(meta_: dict[str, int]) -> tuple[int, int, int]:
