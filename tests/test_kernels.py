@@ -406,6 +406,24 @@ def test_autotuner_choosing_split_k_runs_the_reduction():
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_quick_bench_skips_a_config_the_compiler_rejects(monkeypatch):
+    monkeypatch.setattr(tk.triton.testing, "do_bench", lambda fn, **kw: fn())  # no GPU driver here
+
+    def rejected():
+        raise RuntimeError("PassManager::run failed")
+
+    with pytest.warns(RuntimeWarning, match="failed to compile"):
+        assert tk.quick_bench(rejected, quantiles=(0.5, 0.2, 0.8)) == [math.inf] * 3
+    with pytest.warns(RuntimeWarning):
+        assert tk.quick_bench(rejected) == math.inf
+
+    def broken():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # real errors still surface
+        tk.quick_bench(broken)
+
+
 def test_triton_version_guard():
     from sparsekit.kernels import triton24
 
@@ -433,12 +451,14 @@ def test_autotuned_wrapper_kernel_runs_under_fixed_blocks():
     assert triton24._m_bucket(1) == 16 and triton24._m_bucket(17) == 32 and triton24._m_bucket(4096) == 4096
 
 
-def test_compiled_ptx_loads_are_vectorized():
-    """The interpreter cannot see vector widths, the compiler can: build sm_90 PTX on the CPU
-    (benchmarks/ptx_vectorization.py) and check the memory ops of both kernels."""
+def test_compiled_ptx_loads_are_vectorized_and_every_config_compiles():
+    """The interpreter cannot see vector widths or compiler failures, the compiler can: build
+    sm_90 PTX on the CPU (benchmarks/ptx_vectorization.py), check the memory ops of both
+    kernels, and compile every autotune config (fp16)."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "ptx_vectorization.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, str(script), "--all-configs", "fp16"], capture_output=True, text=True,
+                         env=env)
     if out.returncode:
         last = (out.stderr.strip().splitlines() or [""])[-1]
         if last.startswith(("ImportError", "ModuleNotFoundError", "AttributeError", "TypeError")):
@@ -453,6 +473,10 @@ def test_compiled_ptx_loads_are_vectorized():
         # metadata no longer byte by byte (ld.global.b8): every tile goes through cp.async,
         # in 8- or 16-byte copies (BLOCK_K = 128: 16 metadata bytes per row)
         assert lin["ld"] == {} and lin["cp.async"] and min(int(b) for b in lin["cp.async"]) >= 8
+    # every autotune config compiles for sm_90 (a compiler failure is not an OutOfResources
+    # the autotuner would skip); one per config in tk.CONFIGS
+    assert len(ops["configs"]) == len(tk.CONFIGS)
+    assert {k: v for k, v in ops["configs"].items() if v != "ok"} == {}
 
 
 def _load_gpu_24():
