@@ -4,6 +4,9 @@ A single ``time.perf_counter()`` around one call measures allocator warm-up, laz
 initialisation and noise. ``time_fn`` runs the function a few times first, then reports
 the median of ``repeats`` timed calls (and the spread), synchronising CUDA around each
 call so asynchronous kernels are actually counted.
+
+``cuda_graph_time`` is the one GPU kernel timer (``benchmarks/gpu_24.py`` and chapter 5
+use it): CUDA-graph replays timed with CUDA events, so CPU launch overhead is excluded.
 """
 
 from __future__ import annotations
@@ -103,6 +106,64 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int = 1, 
                 _sync()
                 times[key].append((clock() - start) / inner)
     return times
+
+
+def cuda_graph_time(fn: Callable[[], object], *, repeats: int = 20, inner: int = 20,
+                    warmup: int = 3) -> Timing:
+    """Seconds per call of ``fn`` on the GPU, from CUDA-graph replays (launch overhead excluded).
+
+    ``fn`` runs ``warmup`` times eagerly first (this is also when Triton compiles and
+    autotunes, which cannot happen inside a capture), once more on a side stream, then
+    ``inner`` back-to-back calls are captured in one CUDA graph. The graph is replayed
+    ``repeats`` times, each replay timed with CUDA events; the result is the median (and
+    quartiles) of replay time / ``inner``. A failed capture raises: there is no eager
+    fallback, so every number in a table comes from this one method.
+
+    **What is excluded.** Everything the CPU does per call: Python, the PyTorch dispatcher,
+    Triton's launcher (argument specialization, autotune-cache lookup), ``cudaLaunchKernel``
+    and allocations. What remains is GPU time of the kernels back to back (small gaps
+    between graph nodes included): the kernel's own speed, which a deployment sees only if
+    it also replays graphs (``torch.cuda.graphs``, ``torch.compile(mode="reduce-overhead")``)
+    or keeps the GPU queue full.
+
+    **What that means at batch 1.** A matrix-vector product is short: moving a 4096 x 4096
+    fp16 weight (32 MiB) at an H100's 3.35 TB/s datasheet bandwidth takes about 10 us,
+    comparable to what one eager kernel launch from Python costs on the CPU. In an eager
+    loop at batch 1 the CPU can then be the bottleneck, and the 2:4 kernel's saving of 7/16
+    of the weight bytes may not show at all; this timer reports the GPU-side time that the
+    byte-count roofline predicts, not that end-to-end latency. Replays of the same weights
+    also keep them in L2 when they fit (an H100 has 50 MiB), so such shapes can beat the
+    HBM roofline. Needs CUDA (``RuntimeError`` otherwise).
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_graph_time needs a CUDA GPU; on CPU use sk.bench.time_fn")
+    if warmup < 1 or repeats < 1 or inner < 1:
+        raise ValueError(f"need warmup, repeats and inner >= 1, got {warmup}, {repeats}, {inner}")
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()  # warm up on a side stream, as torch's CUDA-graph docs advise
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(inner):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / inner)
+    return summarize(times)
 
 
 def speedup(baseline: Timing, candidate: Timing) -> float:

@@ -3,7 +3,8 @@
 * ``prune_compress_24`` — one Triton pass: prune a 2-D weight to 2:4 by magnitude and
   write the compressed format of ``sparsekit.compress_24``, bit for bit.
 * ``sparse24_linear`` — ``x @ W.T + bias`` that reads only the compressed weight
-  (``values``, ``meta``) and decompresses it in registers.
+  (``values``, ``meta``) and decompresses it in registers; autotuned on a GPU, with
+  split-K for small batches.
 * ``to_semi_structured`` — swap a model's Linear weights for
   ``torch.sparse.to_sparse_semi_structured`` tensors (Sparse Tensor Cores, sm_80+).
 * ``sparse_tensor_cores_available`` — can this machine run 2:4 on tensor cores?

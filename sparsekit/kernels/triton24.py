@@ -1,7 +1,10 @@
 """Triton kernels for the 2:4 format of ``sparsekit.compress_24``.
 
-``prune_compress_24(w)`` — each program handles ``BLOCK`` bytes of metadata, i.e. pairs
-of groups of four weights. Per group it ranks the four magnitudes by pairwise comparison
+``prune_compress_24(w)`` — each program handles ``block`` bytes of metadata laid out as
+``block_r`` rows x ``block_j`` consecutive bytes of a row; a byte is a pair of groups of
+four weights, i.e. 8 contiguous weights, so the program reads one contiguous
+``[block, 8]`` tile (vector loads) and splits it in registers. Per group it ranks the four
+magnitudes by pairwise comparison
 (Triton has ``tl.sort`` but no argsort; ties go to the lower index, as in
 ``sparsekit.nm_mask``), keeps the two best, and writes their values and the nibble
 ``i0 | (i1 << 2)``. One read of ``w``, one write of half of it plus 1/16 of it in metadata.
@@ -12,6 +15,12 @@ values and ``BLOCK_K / 8`` metadata bytes per row, splits them into per-group
 ``(v0, v1)`` and ``(i0, i1)``, and rebuilds the four columns of each group in registers
 (``w_t = v0 if t == i0 else v1 if t == i1 else 0``) before ``tl.dot``. At small batch
 the matmul is memory-bound, so reading 9/16 of the fp16 weight bytes is the speedup.
+Metadata width ``ceil(K / 8)`` and value width ``K / 2`` are kernel arguments (Triton sees
+their divisibility), so the masked metadata loads are not reduced to single bytes. At
+batch <= 32 the autotuner may also pick split-K (``SPLIT_K`` in its configs): the grid of
+``ceil(M / BLOCK_M) * ceil(N / BLOCK_N)`` tiles is too small to keep every SM streaming
+weights, so each tile's K range is split over ``SPLIT_K`` programs whose fp32 partials a
+second, fixed-order pass sums (deterministic; see ``_triton_kernels``).
 
 Triton is imported on first use only. Under ``TRITON_INTERPRET=1`` (CPU) the kernels run
 in Triton's interpreter; there ``tl.dot`` on bf16 tiles multiplies raw bit patterns
@@ -30,6 +39,7 @@ import torch
 from torch import Tensor
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_BLOCK_J = 64  # prune_compress_24: at most 64 metadata bytes (512 weights) of one row per program
 
 
 def interpreting() -> bool:
@@ -42,6 +52,17 @@ def triton_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("triton") is not None
+
+
+MIN_TRITON = (3, 3)
+
+
+def triton_version_ok(version: str) -> bool:
+    """True if a triton version string (``"3.3.1"``, ``"3.4.0+git..."``) is >= ``MIN_TRITON``."""
+    import re
+
+    nums = [int(p) for p in re.findall(r"\d+", version.split("+")[0])[:2]]
+    return tuple(nums + [0] * (2 - len(nums))) >= MIN_TRITON
 
 
 def _check_device(*tensors: Tensor) -> None:
@@ -71,10 +92,17 @@ def _kernels() -> dict[str, Any]:
     """Compile-on-demand: import triton and the kernels of ``._triton_kernels`` (once)."""
     if not triton_available():
         raise ImportError("sparsekit.kernels needs triton: pip install 'sparsekit[kernels]'")
+    import triton
+
+    if not triton_version_ok(triton.__version__):
+        raise ImportError(f"sparsekit.kernels needs triton >= {'.'.join(map(str, MIN_TRITON))} (autotune's "
+                          f"do_bench and post_hook arguments), found {triton.__version__}: "
+                          "pip install -U 'sparsekit[kernels]'")
     from . import _triton_kernels as tk
 
     return {"prune_compress": tk.prune_compress_kernel, "linear": tk.sparse24_linear_kernel,
-            "linear_tuned": tk.sparse24_linear_tuned}
+            "linear_tuned": tk.sparse24_linear_tuned, "launch_reduce": tk.launch_splitk_reduce,
+            "configs": tk.CONFIGS, "prune_configs": tk.prune_linear_configs}
 
 
 def _m_bucket(m: int) -> int:
@@ -102,23 +130,30 @@ def prune_compress_24(w: Tensor, *, block: int = 256) -> tuple[Tensor, Tensor]:
     mb = math.ceil(k / 8)
     values = torch.empty(rows, k // 2, dtype=w.dtype, device=w.device)
     meta = torch.empty(rows, mb, dtype=torch.uint8, device=w.device)
-    total = rows * mb
-    if total == 0:
+    if rows * mb == 0:
         return values, meta
+    # A program covers block_r rows x block_j metadata bytes (8 contiguous weights each).
+    block_j = min(block, 1 << math.ceil(math.log2(mb)), MAX_BLOCK_J)
+    block_r = block // block_j
     kern = _kernels()["prune_compress"]
-    kern[(math.ceil(total / block),)](w, values, meta, k, mb, total, BLOCK=block)
+    grid = (math.ceil(rows / block_r), math.ceil(mb / block_j))
+    kern[grid](w, values, meta, rows, k, k // 2, mb, w.stride(0), values.stride(0), meta.stride(0),
+               BLOCK_R=block_r, BLOCK_J=block_j, BLOCK=block)
     return values, meta
 
 
 def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None = None, *,
-                    blocks: tuple[int, int, int] | None = None) -> Tensor:
+                    blocks: tuple[int, int, int] | None = None, split_k: int = 1) -> Tensor:
     """``x @ decompress_24(values, meta).T + bias`` reading only the compressed weight.
 
     ``x [..., K]`` (any leading shape), ``values [N, K // 2]`` and ``meta [N, ceil(K / 8)]``
     from ``prune_compress_24`` / ``sk.compress_24``; ``bias [N]`` or None. ``x``,
     ``values`` and ``bias`` share one dtype (fp32 / fp16 / bf16); accumulation is fp32 and
     fp32 inputs use IEEE fp32 products (no TF32). ``blocks = (BLOCK_M, BLOCK_N, BLOCK_K)``
-    fixes the tiling; by default the GPU autotunes and the interpreter uses (16, 16, 16).
+    fixes the tiling and ``split_k`` (with ``blocks`` only) splits K over that many programs
+    per output tile, whose fp32 partials a second pass sums in a fixed order; by default the
+    GPU autotunes all of these (split-K is a candidate for batches <= 32) and the
+    interpreter uses (16, 16, 16) without split.
     """
     _check_dtype(x, "x")
     _check_dtype(values, "values")
@@ -157,24 +192,70 @@ def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None
             y += bias
         return y.reshape(*lead, n)
     values, meta = values.contiguous(), meta.contiguous()
-    ks = _kernels()
     interp = interpreting()
-    common = dict(HAS_BIAS=bias is not None, UPCAST=interp and x.dtype == torch.bfloat16,
-                  IEEE=x.dtype == torch.float32)
-    b = bias if bias is not None else values  # a valid pointer the kernel never reads
-    args = (x2, values, meta, b, y, m, n, k, x2.stride(0), values.stride(0), meta.stride(0), y.stride(0))
+    if split_k != 1 and blocks is None:
+        raise ValueError("split_k is a tiling choice: pass it together with blocks=(BLOCK_M, BLOCK_N, BLOCK_K)")
     if blocks is None and interp:
         blocks = (16, 16, 16)
+    call = _LinearCall(x2, values, meta, bias, y, interp)
     if blocks is not None:
-        bm, bn, bk = blocks
         for name, v in zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks):
             if v < 16 or v & (v - 1):
                 raise ValueError(f"{name} must be a power of two >= 16, got {v}")
-        grid = (math.ceil(m / bm), math.ceil(n / bn))
-        ks["linear"][grid](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **common)
+        if isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1:
+            raise ValueError(f"split_k must be a positive int, got {split_k!r}")
+        call.explicit(*blocks, split_k)
     else:
-        def grid(meta_: dict[str, int]) -> tuple[int, int]:
-            return (math.ceil(m / meta_["BLOCK_M"]), math.ceil(n / meta_["BLOCK_N"]))
-
-        ks["linear_tuned"][grid](*args, _m_bucket(m), **common)
+        call.tuned(_kernels()["linear_tuned"])
     return y.reshape(*lead, n)
+
+
+class _LinearCall:
+    """One ``sparse24_linear`` launch: the arguments, the split-K workspace and the reduction."""
+
+    def __init__(self, x2: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None, y: Tensor,
+                 interp: bool) -> None:
+        self.x2, self.values, self.meta, self.bias, self.y = x2, values, meta, bias, y
+        self.m, self.n, self.k = x2.shape[0], values.shape[0], x2.shape[1]
+        self.common = dict(HAS_BIAS=bias is not None, UPCAST=interp and x2.dtype == torch.bfloat16,
+                           IEEE=x2.dtype == torch.float32)
+        self.b = bias if bias is not None else values  # a valid pointer the kernel never reads
+
+    def args(self, ws: Tensor) -> tuple[Any, ...]:
+        x2, values, meta, y = self.x2, self.values, self.meta, self.y
+        # KV = K / 2 and MB = ceil(K / 8) are passed (not derived in the kernel) so that Triton
+        # specializes them, with their divisibility, like any integer argument.
+        return (x2, values, meta, self.b, y, ws, self.m, self.n, self.k, values.shape[1], meta.shape[1],
+                x2.stride(0), values.stride(0), meta.stride(0), y.stride(0))
+
+    def workspace(self, split_k: int) -> Tensor:
+        if split_k == 1:
+            return self.y  # a valid pointer the kernel never writes when SPLIT_K == 1
+        return torch.empty(split_k, self.m, self.n, dtype=torch.float32, device=self.y.device)
+
+    def reduce(self, ws: Tensor, split_k: int) -> None:
+        if split_k > 1:
+            _kernels()["launch_reduce"](ws, self.b, self.y, self.m, self.n, self.y.stride(0),
+                                        self.common["HAS_BIAS"], split_k)
+
+    def explicit(self, bm: int, bn: int, bk: int, split_k: int, **launch: int) -> None:
+        """The jitted kernel itself with fixed meta-parameters (``launch``: num_warps, num_stages)."""
+        ws = self.workspace(split_k)
+        grid = (math.ceil(self.m / bm), math.ceil(self.n / bn), split_k)
+        _kernels()["linear"][grid](*self.args(ws), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split_k,
+                                   **self.common, **launch)
+        self.reduce(ws, split_k)
+
+    def tuned(self, tuned: Any) -> None:
+        """The autotuned kernel, with a workspace for the largest split it may choose (none for
+        large M, where the pruning rule leaves only SPLIT_K == 1)."""
+        bucket = _m_bucket(self.m)
+        candidates = _kernels()["prune_configs"](tuned.configs, {"M_BUCKET": bucket, "K": self.k})
+        ws = self.workspace(max(c.kwargs["SPLIT_K"] for c in candidates))
+        m, n = self.m, self.n
+
+        def grid(meta_: dict[str, int]) -> tuple[int, int, int]:
+            return (math.ceil(m / meta_["BLOCK_M"]), math.ceil(n / meta_["BLOCK_N"]), meta_["SPLIT_K"])
+
+        tuned[grid](*self.args(ws), bucket, **self.common)
+        self.reduce(ws, tuned.best_config.kwargs["SPLIT_K"])
