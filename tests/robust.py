@@ -150,7 +150,8 @@ def table(results: list[dict], runs: list[str], notebooks: list[Path]) -> str:
         cells = []
         for run in runs:
             r = by_key[(nb.name, run)]
-            cells.append(f"pass ({r['seconds']:.0f} s)" if r["ok"] else f"**FAIL** ({r['seconds']:.0f} s): {r['error']}")
+            seconds = f"{r['seconds']:.0f} s"
+            cells.append(f"pass ({seconds})" if r["ok"] else f"**FAIL** ({seconds}): {r['error']}")
         lines.append(f"| {nb.stem} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             r = fut.result()
             results.append(r)
             status = "pass" if r["ok"] else f"FAIL {r['error']}"
-            print(f"[{len(results)}/{len(jobs)}] {r['notebook']} {r['run']}: {status} ({r['seconds']:.0f} s)", flush=True)
+            print(f"[{len(results)}/{len(jobs)}] {r['notebook']} {r['run']}: {status} ({r['seconds']:.0f} s)",
+                  flush=True)
     report = table(results, runs, notebooks)
     header = (f"# make robust: every chapter's asserts on other seeds and another float path\n\n"
               f"Run {dt.datetime.now():%Y-%m-%d} on {cpu_name()} ({os.cpu_count()} cores), {args.jobs} notebooks at a "

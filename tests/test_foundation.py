@@ -1,7 +1,6 @@
 """Data, models, training loop, cost report, timing and plotting helpers."""
 
 import math
-import time
 
 import matplotlib
 import pytest

@@ -157,8 +157,9 @@ def _call_name(call: ast.Call) -> str:
 def _is_source(call: ast.Call) -> bool:
     name = _call_name(call)
     if name == "train":  # sk.train.train(...) / train.train(...), not model.train()
-        return isinstance(call.func, ast.Attribute) and _base_name(call.func.value) in {"sk", "train"} \
-            and isinstance(call.func.value, ast.Attribute | ast.Name) and getattr(call.func.value, "attr", "train") == "train"
+        owner = call.func.value if isinstance(call.func, ast.Attribute) else None
+        owner_name = owner.attr if isinstance(owner, ast.Attribute) else owner.id if isinstance(owner, ast.Name) else ""
+        return owner_name == "train" and _base_name(owner) in {"sk", "train"}
     return name in TAINT_SOURCES or (name == "time" and _base_name(call.func) == "time")
 
 
