@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _validate
 from .bench import Timing, interleaved_times, summarize
 from .masking import get_masks
 
@@ -68,7 +69,7 @@ def _check_layout(layout: str, allowed: Sequence[str] = LAYOUTS) -> str:
 
 def _check_blocksize(blocksize: Sequence[int]) -> tuple[int, int]:
     if (not isinstance(blocksize, (tuple, list)) or len(blocksize) != 2
-            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocksize)):
+            or not all(_validate.is_int(b) and b >= 1 for b in blocksize)):
         raise ValueError(f"blocksize must be two positive ints (rows, cols), got {blocksize!r}")
     return int(blocksize[0]), int(blocksize[1])
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from . import _validate
 from . import data as _data
 from . import scores as _scores
 from .masking import apply_masks, get_masks, prunable_weights
@@ -125,11 +126,7 @@ def rewind(model: nn.Module, state: Mapping[str, Tensor]) -> None:
 
 
 def _check_rate(rate: object, name: str) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(rate).__name__}")
-    if math.isnan(rate) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
-    return float(rate)
+    return _validate.fraction(rate, name)
 
 
 def output_layer(model: nn.Module) -> str:
@@ -205,8 +202,7 @@ def random_masks_like(masks: Mapping[str, Tensor], seed: int) -> dict[str, Tenso
     """
     if not isinstance(masks, Mapping) or not masks:
         raise ValueError("masks must be a non-empty mapping name -> bool tensor")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = _validate.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, mask in masks.items():
@@ -347,11 +343,7 @@ def _run(
 
 
 def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
+    return _validate.integer(value, name, low=low)
 
 
 def _check_model_fn(model_fn: object) -> None:
@@ -520,8 +512,7 @@ def interpolate_states(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: 
     """``(1 - alpha) * a + alpha * b`` for floating-point entries; integer buffers from ``a``."""
     if set(a) != set(b):
         raise ValueError(f"states differ in keys: {sorted(set(a) ^ set(b))}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+    alpha = _validate.fraction(alpha, "alpha", allow_one=True)
     return {k: torch.lerp(a[k], b[k].to(a[k].dtype), float(alpha)) if a[k].is_floating_point()
             else a[k].clone() for k in a}
 

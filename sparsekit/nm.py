@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import _validate
 from .masking import _detach_injected_class, _prunable_modules, _stored_weight, _weight_name, apply_masks
 
 __all__ = [
@@ -40,8 +41,7 @@ __all__ = [
 
 def _check_nm(n: int, m: int) -> None:
     for name, v in (("n", n), ("m", m)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {v!r}")
+        _validate.integer(v, name)
     if m < 1 or n < 1 or n > m:
         raise ValueError(f"need 1 <= n <= m, got n={n}, m={m}")
 
@@ -270,8 +270,7 @@ class NMSTE(nn.Module):
     def __init__(self, shape: Sequence[int], n: int = 2, m: int = 4, lam: float = 0.0) -> None:
         super().__init__()
         _check_nm(n, m)
-        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
-            raise ValueError(f"lam must be a float >= 0, got {lam!r}")
+        lam = _validate.real(lam, "lam", low=0.0)
         self.n, self.m, self.lam = n, m, float(lam)
         self.register_buffer("mask", torch.ones(tuple(shape), dtype=torch.bool))
         self.register_buffer("flips", torch.zeros((), dtype=torch.long))
@@ -367,8 +366,7 @@ class FlipCounter:
     """
 
     def __init__(self, every: int = 1) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
+        every = _validate.positive_int(every, "every")
         self.every = every
         self.flips: list[int] = []
         self._last: dict[str, Tensor] | None = None

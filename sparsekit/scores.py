@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from . import _validate
 from .masking import effective_weights, prunable_weights
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -34,8 +35,7 @@ def random(model: nn.Module, seed: int) -> dict[str, Tensor]:
     The baseline every pruning method must beat (Blalock et al. 2020). The global RNG
     state is left untouched.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = _validate.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     return {
         name: torch.rand(w.shape, generator=gen, dtype=torch.float32).to(w.device)
