@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from . import _validate
 from . import data as _data
 from . import scores as _scores
-from .masking import apply_masks, get_masks, prunable_weights
+from .masking import apply_masks, get_masks, plain_state_keys, prunable_weights
 from .masking import sparsity as _sparsity
 from .seeding import seed_everything
 from .select import lowest_k, select_masks
@@ -51,8 +51,6 @@ from .train import History, evaluate, train
 ModelFn = Callable[[], nn.Module]
 OptimizerFn = Callable[[nn.Module], torch.optim.Optimizer]
 
-_MASK_SUFFIX = ".parametrizations.weight.0.mask"
-_ORIG_SUFFIX = ".parametrizations.weight.original"
 _REINIT_SEED_OFFSET = 7919  # the random-reinit control draws its init from seed + this
 _MASK_SEED_OFFSET = 104729  # the random-mask control draws its positions from seed + this
 
@@ -60,32 +58,21 @@ _MASK_SEED_OFFSET = 104729  # the random-mask control draws its positions from s
 # --- snapshots and rewinding ---------------------------------------------------------
 
 
-def _plain_key(key: str) -> str | None:
-    """State-dict key -> plain name (``"0.parametrizations.weight.original"`` -> ``"0.weight"``).
-
-    Mask buffers map to ``None``: a snapshot holds values, masks live in the model.
-    """
-    if key.endswith(_MASK_SUFFIX) or key == _MASK_SUFFIX[1:]:
-        return None
-    if key.endswith(_ORIG_SUFFIX):
-        return key[: -len(_ORIG_SUFFIX)] + ".weight"
-    if key == _ORIG_SUFFIX[1:]:
-        return "weight"
-    return key
-
-
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
     """Every parameter and buffer of ``model`` (detached clones), keyed by *plain* names.
 
     Masked weights are stored under their plain name (``"0.weight"``, the stored original,
-    which is zero where pruned); mask buffers are left out. The result can be loaded into
+    which is zero where pruned); the parametrizations' own state (masks, N:M STE counters,
+    movement scores, whatever their position) is left out
+    (:func:`sparsekit.masking.plain_state_keys`). The result can be loaded into
     the same architecture masked or unmasked with :func:`rewind`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     out: dict[str, Tensor] = {}
+    plain_of = plain_state_keys(model)
     for key, value in model.state_dict().items():
-        plain = _plain_key(key)
+        plain = plain_of[key]
         if plain is not None:
             out[plain] = value.detach().clone()
     return out
@@ -102,8 +89,9 @@ def rewind(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping name -> Tensor, got {type(state).__name__}")
     targets = {}
+    plain_of = plain_state_keys(model)
     for key, value in model.state_dict(keep_vars=True).items():
-        plain = _plain_key(key)
+        plain = plain_of[key]
         if plain is not None:
             targets[plain] = value
     missing, extra = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))

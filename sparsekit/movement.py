@@ -51,6 +51,7 @@ from .masking import (
     _prunable_modules,
     _weight_name,
     apply_masks,
+    find_parametrization,
     get_masks,
     prunable_weights,
 )
@@ -131,10 +132,9 @@ class ScoreMask(WeightMask):
 def _score_masks(model: nn.Module) -> dict[str, ScoreMask]:
     found: dict[str, ScoreMask] = {}
     for name, module in _prunable_modules(model).items():
-        if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations["weight"]:
-                if isinstance(p, ScoreMask):
-                    found[_weight_name(name)] = p
+        sm = find_parametrization(module, ScoreMask)
+        if sm is not None:
+            found[_weight_name(name)] = sm
     return found
 
 

@@ -26,7 +26,14 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import _validate
-from .masking import _detach_injected_class, _prunable_modules, _stored_weight, _weight_name, apply_masks
+from .masking import (
+    _detach_injected_class,
+    _prunable_modules,
+    _stored_weight,
+    _weight_name,
+    apply_masks,
+    find_parametrization,
+)
 
 __all__ = [
     "nm_mask", "is_nm", "group_view", "nm_masks", "apply_nm", "compress_24", "decompress_24",
@@ -294,9 +301,7 @@ class NMSTE(nn.Module):
 
 
 def _ste_of(module: nn.Module) -> NMSTE | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations["weight"] if isinstance(p, NMSTE)), None)
+    return find_parametrization(module, NMSTE)
 
 
 def apply_ste(model: nn.Module, n: int = 2, m: int = 4, lam: float = 0.0) -> list[str]:
