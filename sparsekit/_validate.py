@@ -38,18 +38,20 @@ def is_int(value: object) -> bool:
 def real(value: object, name: str, *, low: float | None = None, high: float | None = None,
          low_open: bool = False, high_open: bool = False, what: str | None = None) -> float:
     """``value`` as a ``float``, checked against ``[low, high]`` (``low_open`` / ``high_open``
-    make that end open). NaN and infinities are refused."""
+    make that end open). NaN and infinities are refused. ``what`` replaces the generated
+    description of what is allowed (``"a finite number >= 1"``)."""
     if what is None:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        what = f"a finite number in {left}{lo}, {hi}{right}" if low is not None and high is not None else (
-            f"a finite number >= {lo}" if low is not None and not low_open else
-            f"a finite number > {lo}" if low is not None else
-            f"a finite number <= {hi}" if high is not None else "a finite number")
+        if low is not None and high is not None:
+            what = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            what = f"a finite number {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            what = f"a finite number {'<' if high_open else '<='} {high:g}"
+        else:
+            what = "a finite number"
     if _is_bool(value) or not isinstance(value, Real):
-        raise ArgumentTypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+        kind = f"a number {what}" if what.startswith("in ") else what
+        raise ArgumentTypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
     v = float(value)
     ok = math.isfinite(v)
     if ok and low is not None:

@@ -78,6 +78,11 @@ def accumulate_movement(scores: Mapping[str, Tensor] | None, model: nn.Module, a
     chosen = _check_names(weights, names)
     if scores is not None and not isinstance(scores, Mapping):
         raise TypeError(f"scores must be a mapping name -> tensor or None, got {type(scores).__name__}")
+    if scores is not None:
+        missing = [n for n in chosen if n not in scores]
+        if missing:
+            raise ValueError(f"scores has no entry for {missing}; it must hold every chosen weight "
+                             f"({', '.join(chosen)}), or pass scores=None to start from zeros")
     out: dict[str, Tensor] = {}
     for name in chosen:
         w = weights[name]

@@ -98,11 +98,17 @@ def nm_mask(w: Tensor, n: int = 2, m: int = 4) -> Tensor:
     Groups run along the last dim (the input dim of a Linear weight). Ties go to the
     lower index. This is the magnitude criterion of Mishra et al. 2021 (Sec. 3: "prune
     the two smallest of every four"). Raises ``ValueError`` if the last dim is not a
-    multiple of ``m`` or unless ``1 <= n <= m``.
+    multiple of ``m`` or unless ``1 <= n <= m``, and if ``w`` holds NaN: a NaN compares
+    false with everything, so it has no rank, and a group of NaNs would otherwise keep all
+    ``m`` entries (not N:M). ``inf`` is an ordinary, largest, magnitude.
     """
     _check_tensor(w)
     _check_nm(n, m)
     g = _groups(w.detach(), m)
+    if g.is_floating_point() and bool(torch.isnan(g).any()):
+        count = int(torch.isnan(g).sum())
+        raise ValueError(f"w contains {count} NaN value(s); N:M masks need comparable scores "
+                         "(replace NaN first, e.g. torch.nan_to_num(w, nan=0.0) to prune them)")
     return (_rank_in_group(g.abs()) < n).reshape(w.shape)
 
 
@@ -121,11 +127,25 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tens
     magnitudes) decide which ``n`` of every ``m`` survive. A layer whose input dim is not a
     multiple of ``m`` (e.g. a first conv with one input channel and kernel 5) cannot be
     N:M: it is left out, as NVIDIA's ASP does, or raises ``ValueError`` with ``strict=True``.
+    ``scores`` must hold every weight that gets a mask and no other name (``ValueError``).
     """
     _check_nm(n, m)
+    weights = _named_weights(model)
+    if scores is not None:
+        if not isinstance(scores, Mapping):
+            raise TypeError(f"scores must be a mapping weight name -> Tensor or None, got {type(scores).__name__}")
+        missing = [k for k, w in weights.items()  # a layer that is left out needs no score
+                   if k not in scores and (strict or group_view(w).shape[-1] % m == 0)]
+        unknown = [k for k in scores if k not in weights]
+        if missing or unknown:
+            raise ValueError(f"scores must have one entry per prunable weight ({', '.join(weights)}); "
+                             f"missing {missing}, unknown {unknown}")
+        for name, score in scores.items():
+            if not isinstance(score, Tensor):
+                raise TypeError(f"scores[{name!r}] must be a Tensor, got {type(score).__name__}")
     masks: dict[str, Tensor] = {}
-    for name, weight in _named_weights(model).items():
-        score = weight.detach().abs() if scores is None else scores[name]
+    for name, weight in weights.items():
+        score = weight.detach().abs() if scores is None else scores[name].detach()
         if score.shape != weight.shape:
             raise ValueError(f"scores[{name!r}] has shape {tuple(score.shape)}, weight has {tuple(weight.shape)}")
         flat = group_view(score)
@@ -133,7 +153,7 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tens
             if strict:
                 raise ValueError(f"{name}: input dim {flat.shape[-1]} is not a multiple of m={m}")
             continue
-        masks[name] = nm_mask(flat.float(), n, m).reshape(weight.shape)
+        masks[name] = nm_mask(flat, n, m).reshape(weight.shape)  # ranked in the scores' own dtype
     return masks
 
 
