@@ -32,7 +32,6 @@ with ``data_seed``, so the same call gives bit-identical results on CPU.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -14,8 +14,7 @@ which keeps the plain attribute (``layer.weight``) working for every caller.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -60,10 +59,7 @@ def _weight_name(module_name: str) -> str:
     return f"{module_name}.weight" if module_name else "weight"
 
 
-P = TypeVar("P", bound=nn.Module)
-
-
-def find_parametrization(module: nn.Module, kind: type[P], tensor_name: str = "weight") -> P | None:
+def find_parametrization(module: nn.Module, kind: type[nn.Module], tensor_name: str = "weight") -> nn.Module | None:
     """The first parametrization of type ``kind`` (subclasses included) on ``module.<tensor_name>``.
 
     Parametrizations are found by *type*, never by their position in the list: a weight
@@ -76,7 +72,7 @@ def find_parametrization(module: nn.Module, kind: type[P], tensor_name: str = "w
 
 
 def _mask_of(module: nn.Module) -> WeightMask | None:
-    return find_parametrization(module, WeightMask)
+    return find_parametrization(module, WeightMask)  # type: ignore[return-value]
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -323,12 +319,12 @@ def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -
                     "model does not have and that is not a mask (only masks, a single 'mask' buffer, are "
                     "re-created); register it on the model first (e.g. sk.nm.apply_ste for nm.NMSTE)"
                 )
-            mask = attrs["mask"]
+            mask, key = attrs["mask"], f"{prefix}{i}.mask"
             if not isinstance(mask, Tensor):
-                raise TypeError(f"state_dict[{prefix + str(i) + '.mask'!r}] must be a Tensor, got {type(mask).__name__}")
+                raise TypeError(f"state_dict[{key!r}] must be a Tensor, got {type(mask).__name__}")
             weight = _stored_weight(module, plain)
             if mask.shape != weight.shape:
-                raise ValueError(f"state_dict[{prefix + str(i) + '.mask'!r}] has shape {tuple(mask.shape)}, "
+                raise ValueError(f"state_dict[{key!r}] has shape {tuple(mask.shape)}, "
                                  f"{plain} of the model has shape {tuple(weight.shape)}")
             to_create.append((module, mask))
             expected[f"{prefix}{i}.mask"] = weight.shape

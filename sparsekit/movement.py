@@ -33,7 +33,6 @@ scores for a plain boolean mask at the end.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -139,7 +138,7 @@ def _score_masks(model: nn.Module) -> dict[str, ScoreMask]:
     for name, module in _prunable_modules(model).items():
         sm = find_parametrization(module, ScoreMask)
         if sm is not None:
-            found[_weight_name(name)] = sm
+            found[_weight_name(name)] = sm  # type: ignore[assignment]
     return found
 
 

@@ -321,7 +321,7 @@ class NMSTE(nn.Module):
 
 
 def _ste_of(module: nn.Module) -> NMSTE | None:
-    return find_parametrization(module, NMSTE)
+    return find_parametrization(module, NMSTE)  # type: ignore[return-value]
 
 
 def apply_ste(model: nn.Module, n: int = 2, m: int = 4, lam: float = 0.0) -> list[str]:
