@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _validate
 from . import scores as _scores
 from .masking import get_masks, prunable_weights
 from .select import _check_sparsity, select_masks
@@ -42,10 +43,8 @@ def compression_to_sparsity(compression: float) -> float:
 
     Tanaka et al. 2020 plot against ``c`` on a log scale: ``10**3`` keeps 0.1 %.
     """
-    if isinstance(compression, bool) or not isinstance(compression, (int, float)):
-        raise TypeError(f"compression must be a number >= 1, got {type(compression).__name__}")
-    if math.isnan(compression) or not 1.0 <= compression < math.inf:
-        raise ValueError(f"compression must be a finite number >= 1, got {compression!r}")
+    compression = _validate.real(compression, "compression", low=1.0, high=math.inf, high_open=True,
+                                 what="a finite number >= 1")
     return 1.0 - 1.0 / compression
 
 
@@ -58,8 +57,7 @@ def exponential_schedule(sparsity: float, rounds: int, initial_sparsity: float =
     """
     sparsity = _check_sparsity(sparsity)
     initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    rounds = _validate.positive_int(rounds, "rounds")
     if initial_sparsity > sparsity:
         raise ValueError(f"initial_sparsity={initial_sparsity} exceeds the target sparsity={sparsity}")
     d0, d = 1.0 - initial_sparsity, 1.0 - sparsity
@@ -162,8 +160,7 @@ def pruning_path(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     sparsity = _check_sparsity(sparsity)
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    rounds = _validate.positive_int(rounds, "rounds")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
 
@@ -226,8 +223,7 @@ def shuffle_masks(masks: Mapping[str, Tensor], seed: int = 0) -> dict[str, Tenso
     choose is mostly *how much* of each layer to keep, not *which* weights.
     """
     _check_mask_dict(masks)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = _validate.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, m in masks.items():

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
+from . import _validate
+
 NUM_CLASSES = 10
 SEQ_LEN = 40
 
@@ -56,8 +58,7 @@ def _mnist1d_arrays(seed: int, overrides: tuple[tuple[str, object], ...]) -> dic
 
 
 def _split_validation(x: Tensor, y: Tensor, val_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if not isinstance(val_size, int) or not 0 <= val_size < len(y):
-        raise ValueError(f"val_size must be an int in [0, {len(y)}), got {val_size!r}")
+    val_size = _validate.integer(val_size, "val_size", low=0, high=len(y) - 1)
     cut = len(y) - val_size
     return x[:cut], y[:cut], x[cut:], y[cut:]
 
@@ -93,8 +94,7 @@ def digits(test_size: int = 297, val_size: int = 0, seed: int = 0) -> Splits:
     bunch = load_digits()
     x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
-    if not isinstance(test_size, int) or not 0 < test_size < len(y):
-        raise ValueError(f"test_size must be an int in (0, {len(y)}), got {test_size!r}")
+    test_size = _validate.integer(test_size, "test_size", low=1, high=len(y) - 1)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     x, y = x[perm], y[perm]
     x_tr, y_tr, x_val, y_val = _split_validation(x[:-test_size], y[:-test_size], val_size)
@@ -108,8 +108,7 @@ def loader(x: Tensor, y: Tensor, batch_size: int = 128, *, shuffle: bool = False
     so two loaders with the same seed yield the same batches in the same order. The
     generator advances with every epoch: for two identical runs, build two loaders.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = _validate.positive_int(batch_size, "batch_size")
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
     dataset = TensorDataset(x, y)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _validate
 from .bench import Timing, interleaved_times, summarize
 from .masking import get_masks
 
@@ -68,9 +69,16 @@ def _check_layout(layout: str, allowed: Sequence[str] = LAYOUTS) -> str:
 
 def _check_blocksize(blocksize: Sequence[int]) -> tuple[int, int]:
     if (not isinstance(blocksize, (tuple, list)) or len(blocksize) != 2
-            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocksize)):
+            or not all(_validate.is_int(b) and b >= 1 for b in blocksize)):
         raise ValueError(f"blocksize must be two positive ints (rows, cols), got {blocksize!r}")
     return int(blocksize[0]), int(blocksize[1])
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    if (isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size))
+            or not all(_validate.is_int(d) and d >= 0 for d in shape)):
+        raise TypeError(f"shape must be a sequence of non-negative ints, got {shape!r}")
+    return tuple(int(d) for d in shape)
 
 
 def _check_weight(weight: Tensor) -> Tensor:
@@ -181,14 +189,24 @@ def sparse_matmul(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tens
 
     MKL's sparse kernels multiply a sparse matrix by a *row-major* dense one, so a sparse
     ``weight`` ``[out, in]`` multiplies the ``[in, N]`` transpose of the flattened input,
-    with the bias added by the same call (``addmm``). The ``[out, N]`` result comes back
-    transposed, as a view: the output is column-major. Its values are those of
-    ``F.linear``; a following sparse layer reads it without a copy, and ``.contiguous()``
-    gives the row-major layout where a caller needs it.
+    with the bias added by the same call (``addmm``). The ``[out, N]`` result is
+    transposed back and made contiguous: like ``F.linear``'s, the output is row-major,
+    so ``y.view(-1)`` works as it does for an ``nn.Linear``.
+    ``x.shape[-1]`` must equal ``weight.shape[1]`` (``ValueError`` otherwise).
     """
+    if not isinstance(weight, Tensor) or not isinstance(x, Tensor):
+        bad = "weight" if not isinstance(weight, Tensor) else "x"
+        raise TypeError(f"{bad} must be a Tensor, got {type(weight if bad == 'weight' else x).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+    out_features, in_features = weight.shape
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have shape [..., {in_features}] (weight.shape[1], the inner dimension), "
+                         f"got {tuple(x.shape)}")
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
     if weight.layout == torch.strided:
         return F.linear(x, weight, bias)
-    out_features, in_features = weight.shape
     lead = x.shape[:-1]
     flat = x.reshape(-1, in_features)
     if flat.shape[0] == 0:
@@ -198,7 +216,7 @@ def sparse_matmul(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tens
         yt = torch.sparse.mm(weight, xt)
     else:
         yt = torch.addmm(bias.unsqueeze(1).expand(out_features, xt.shape[1]), weight, xt)
-    return yt.T.reshape(*lead, out_features)
+    return yt.T.contiguous().reshape(*lead, out_features)
 
 
 class SparseLinear(nn.Module):
@@ -320,8 +338,9 @@ def layout_bytes(t: Tensor) -> int:
 
 def unstructured_mask(shape: Sequence[int], sparsity: float, seed: int = 0) -> Tensor:
     """A random bool mask with exactly ``round(sparsity * numel)`` False entries."""
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    shape = _check_shape(shape)
+    sparsity = _validate.fraction(sparsity, "sparsity")
+    seed = _validate.seed(seed)
     n = math.prod(shape)
     gen = torch.Generator().manual_seed(seed)
     mask = torch.ones(n, dtype=torch.bool)
@@ -333,6 +352,9 @@ def block_mask(shape: Sequence[int], sparsity: float, blocksize: Sequence[int] =
                seed: int = 0) -> Tensor:
     """A random bool mask made of whole ``blocksize`` tiles, ``round(sparsity * blocks)`` of them False."""
     r, c = _check_blocksize(blocksize)
+    shape = _check_shape(shape)
+    if len(shape) != 2:
+        raise ValueError(f"shape must be two non-negative ints (rows, cols), got {shape!r}")
     rows, cols = shape
     if rows % r or cols % c:
         raise ValueError(f"shape {tuple(shape)} is not divisible by blocksize {(r, c)}")

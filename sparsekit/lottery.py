@@ -32,16 +32,16 @@ with ``data_seed``, so the same call gives bit-identical results on CPU.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from . import _validate
 from . import data as _data
 from . import scores as _scores
-from .masking import apply_masks, get_masks, prunable_weights
+from .masking import apply_masks, get_masks, plain_state_keys, prunable_weights
 from .masking import sparsity as _sparsity
 from .seeding import seed_everything
 from .select import lowest_k, select_masks
@@ -50,8 +50,6 @@ from .train import History, evaluate, train
 ModelFn = Callable[[], nn.Module]
 OptimizerFn = Callable[[nn.Module], torch.optim.Optimizer]
 
-_MASK_SUFFIX = ".parametrizations.weight.0.mask"
-_ORIG_SUFFIX = ".parametrizations.weight.original"
 _REINIT_SEED_OFFSET = 7919  # the random-reinit control draws its init from seed + this
 _MASK_SEED_OFFSET = 104729  # the random-mask control draws its positions from seed + this
 
@@ -59,32 +57,21 @@ _MASK_SEED_OFFSET = 104729  # the random-mask control draws its positions from s
 # --- snapshots and rewinding ---------------------------------------------------------
 
 
-def _plain_key(key: str) -> str | None:
-    """State-dict key -> plain name (``"0.parametrizations.weight.original"`` -> ``"0.weight"``).
-
-    Mask buffers map to ``None``: a snapshot holds values, masks live in the model.
-    """
-    if key.endswith(_MASK_SUFFIX) or key == _MASK_SUFFIX[1:]:
-        return None
-    if key.endswith(_ORIG_SUFFIX):
-        return key[: -len(_ORIG_SUFFIX)] + ".weight"
-    if key == _ORIG_SUFFIX[1:]:
-        return "weight"
-    return key
-
-
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
     """Every parameter and buffer of ``model`` (detached clones), keyed by *plain* names.
 
     Masked weights are stored under their plain name (``"0.weight"``, the stored original,
-    which is zero where pruned); mask buffers are left out. The result can be loaded into
+    which is zero where pruned); the parametrizations' own state (masks, N:M STE counters,
+    movement scores, whatever their position) is left out
+    (:func:`sparsekit.masking.plain_state_keys`). The result can be loaded into
     the same architecture masked or unmasked with :func:`rewind`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     out: dict[str, Tensor] = {}
+    plain_of = plain_state_keys(model)
     for key, value in model.state_dict().items():
-        plain = _plain_key(key)
+        plain = plain_of[key]
         if plain is not None:
             out[plain] = value.detach().clone()
     return out
@@ -101,8 +88,9 @@ def rewind(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping name -> Tensor, got {type(state).__name__}")
     targets = {}
+    plain_of = plain_state_keys(model)
     for key, value in model.state_dict(keep_vars=True).items():
-        plain = _plain_key(key)
+        plain = plain_of[key]
         if plain is not None:
             targets[plain] = value
     missing, extra = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
@@ -125,11 +113,7 @@ def rewind(model: nn.Module, state: Mapping[str, Tensor]) -> None:
 
 
 def _check_rate(rate: object, name: str) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(rate).__name__}")
-    if math.isnan(rate) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
-    return float(rate)
+    return _validate.fraction(rate, name)
 
 
 def output_layer(model: nn.Module) -> str:
@@ -205,8 +189,7 @@ def random_masks_like(masks: Mapping[str, Tensor], seed: int) -> dict[str, Tenso
     """
     if not isinstance(masks, Mapping) or not masks:
         raise ValueError("masks must be a non-empty mapping name -> bool tensor")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = _validate.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, mask in masks.items():
@@ -347,11 +330,7 @@ def _run(
 
 
 def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
+    return _validate.integer(value, name, low=low)
 
 
 def _check_model_fn(model_fn: object) -> None:
@@ -520,8 +499,7 @@ def interpolate_states(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: 
     """``(1 - alpha) * a + alpha * b`` for floating-point entries; integer buffers from ``a``."""
     if set(a) != set(b):
         raise ValueError(f"states differ in keys: {sorted(set(a) ^ set(b))}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+    alpha = _validate.fraction(alpha, "alpha", allow_one=True)
     return {k: torch.lerp(a[k], b[k].to(a[k].dtype), float(alpha)) if a[k].is_floating_point()
             else a[k].clone() for k in a}
 

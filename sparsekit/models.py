@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _validate
 from .data import NUM_CLASSES, SEQ_LEN
 
 
@@ -27,8 +28,12 @@ class MLP(nn.Sequential):
 
     def __init__(self, in_features: int = SEQ_LEN, hidden: Sequence[int] = (256, 256),
                  num_classes: int = NUM_CLASSES) -> None:
-        if in_features < 1 or num_classes < 1 or any(h < 1 for h in hidden):
-            raise ValueError(f"layer sizes must be positive, got {in_features}, {list(hidden)}, {num_classes}")
+        in_features = _validate.positive_int(in_features, "in_features")
+        num_classes = _validate.positive_int(num_classes, "num_classes")
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise TypeError(f"hidden must be a sequence of positive ints (one width per hidden layer, "
+                            f"e.g. (256, 256) or [8]), got {type(hidden).__name__} {hidden!r}")
+        hidden = [_validate.positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden)]
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -47,8 +52,9 @@ class CNN1d(nn.Module):
     def __init__(self, channels: Sequence[int] = (32, 32, 32), num_classes: int = NUM_CLASSES,
                  seq_len: int = SEQ_LEN) -> None:
         super().__init__()
-        if len(channels) != 3 or any(c < 1 for c in channels):
-            raise ValueError(f"channels must be three positive ints, got {list(channels)}")
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) != 3:
+            raise ValueError(f"channels must be three positive ints, got {channels!r}")
+        channels = [_validate.positive_int(c, f"channels[{i}]") for i, c in enumerate(channels)]
         c1, c2, c3 = channels
         self.conv1, self.bn1 = nn.Conv1d(1, c1, 5, stride=2, padding=1), nn.BatchNorm1d(c1)
         self.conv2, self.bn2 = nn.Conv1d(c1, c2, 5, stride=2, padding=1), nn.BatchNorm1d(c2)

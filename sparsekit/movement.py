@@ -33,7 +33,6 @@ scores for a plain boolean mask at the end.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
+from . import _validate
 from . import scores as _scores
 from .masking import (
     WeightMask,
@@ -50,6 +50,7 @@ from .masking import (
     _prunable_modules,
     _weight_name,
     apply_masks,
+    find_parametrization,
     get_masks,
     prunable_weights,
 )
@@ -71,12 +72,16 @@ def accumulate_movement(scores: Mapping[str, Tensor] | None, model: nn.Module, a
     weights are *not* masked, to watch movement scores build up during dense fine-tuning.
     ``scores=None`` starts from zeros. Returns a new dict; ``model`` is not changed.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    alpha = _validate.real(alpha, "alpha", low=0.0, low_open=True)
     weights = prunable_weights(model)
     chosen = _check_names(weights, names)
     if scores is not None and not isinstance(scores, Mapping):
         raise TypeError(f"scores must be a mapping name -> tensor or None, got {type(scores).__name__}")
+    if scores is not None:
+        missing = [n for n in chosen if n not in scores]
+        if missing:
+            raise ValueError(f"scores has no entry for {missing}; it must hold every chosen weight "
+                             f"({', '.join(chosen)}), or pass scores=None to start from zeros")
     out: dict[str, Tensor] = {}
     for name in chosen:
         w = weights[name]
@@ -131,10 +136,9 @@ class ScoreMask(WeightMask):
 def _score_masks(model: nn.Module) -> dict[str, ScoreMask]:
     found: dict[str, ScoreMask] = {}
     for name, module in _prunable_modules(model).items():
-        if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations["weight"]:
-                if isinstance(p, ScoreMask):
-                    found[_weight_name(name)] = p
+        sm = find_parametrization(module, ScoreMask)
+        if sm is not None:
+            found[_weight_name(name)] = sm  # type: ignore[assignment]
     return found
 
 
@@ -146,8 +150,7 @@ def attach_scores(model: nn.Module, names: Iterable[str] | None = None, init: fl
     already masked are refused. Returns ``{weight name: score parameter}``; create the
     optimizer *after* this call so that it sees the scores (see :func:`param_groups`).
     """
-    if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
-        raise ValueError(f"init must be a finite number, got {init!r}")
+    init = _validate.real(init, "init")
     modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
     chosen = _check_names(prunable_weights(model), names)
     for name in chosen:
@@ -213,8 +216,8 @@ def update_soft(model: nn.Module, *, tau: float | None = None, sparsity: float |
     """
     if (tau is None) == (sparsity is None):
         raise ValueError("give exactly one of tau or sparsity")
-    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < tau < 1.0):
-        raise ValueError(f"tau must be a threshold in (0, 1), got {tau!r}")
+    if tau is not None:
+        tau = _validate.real(tau, "tau", low=0.0, high=1.0, low_open=True, high_open=True)
     return _soft(_require_scores(model), tau, sparsity)
 
 
@@ -292,9 +295,10 @@ class Schedule:
 
     def __post_init__(self) -> None:
         _check_sparsity(self.final_sparsity, "final_sparsity")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
-            raise ValueError(f"steps must be an int >= 2, got {self.steps!r}")
-        if not (0.0 <= self.warmup and 0.0 <= self.cooldown and self.warmup + self.cooldown < 1.0):
+        _validate.integer(self.steps, "steps", low=2)
+        _validate.fraction(self.warmup, "warmup")
+        _validate.fraction(self.cooldown, "cooldown")
+        if not self.warmup + self.cooldown < 1.0:
             raise ValueError(
                 f"need warmup, cooldown >= 0 with warmup + cooldown < 1, got {self.warmup}, {self.cooldown}"
             )
@@ -363,16 +367,14 @@ def prune_finetune(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     schedule = Schedule(final_sparsity, steps, warmup, cooldown)
-    if isinstance(prune_every, bool) or not isinstance(prune_every, int) or prune_every < 1:
-        raise ValueError(f"prune_every must be a positive int, got {prune_every!r}")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0.0:
-        raise ValueError(f"lam must be a non-negative number, got {lam!r}")
+    prune_every = _validate.positive_int(prune_every, "prune_every")
+    lam = _validate.real(lam, "lam", low=0.0)
     if tau is not None and method != "soft_movement":
         raise ValueError(f"tau is only used by method='soft_movement', got method={method!r}")
     if lam and method != "soft_movement":
         raise ValueError(f"lam is only used by method='soft_movement', got method={method!r}")
-    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < 1):
-        raise ValueError(f"tau must be a threshold in (0, 1), got {tau!r}")
+    if tau is not None:
+        tau = _validate.real(tau, "tau", low=0.0, high=1.0, low_open=True, high_open=True)
     chosen = _check_names(prunable_weights(model), names)
     desc = desc or method
 

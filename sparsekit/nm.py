@@ -25,7 +25,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .masking import _detach_injected_class, _prunable_modules, _stored_weight, _weight_name, apply_masks
+from . import _validate
+from .masking import (
+    _detach_injected_class,
+    _prunable_modules,
+    _stored_weight,
+    _weight_name,
+    apply_masks,
+    find_parametrization,
+)
 
 __all__ = [
     "nm_mask", "is_nm", "group_view", "nm_masks", "apply_nm", "compress_24", "decompress_24",
@@ -40,8 +48,7 @@ __all__ = [
 
 def _check_nm(n: int, m: int) -> None:
     for name, v in (("n", n), ("m", m)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {v!r}")
+        _validate.integer(v, name)
     if m < 1 or n < 1 or n > m:
         raise ValueError(f"need 1 <= n <= m, got n={n}, m={m}")
 
@@ -91,11 +98,17 @@ def nm_mask(w: Tensor, n: int = 2, m: int = 4) -> Tensor:
     Groups run along the last dim (the input dim of a Linear weight). Ties go to the
     lower index. This is the magnitude criterion of Mishra et al. 2021 (Sec. 3: "prune
     the two smallest of every four"). Raises ``ValueError`` if the last dim is not a
-    multiple of ``m`` or unless ``1 <= n <= m``.
+    multiple of ``m`` or unless ``1 <= n <= m``, and if ``w`` holds NaN: a NaN compares
+    false with everything, so it has no rank, and a group of NaNs would otherwise keep all
+    ``m`` entries (not N:M). ``inf`` is an ordinary, largest, magnitude.
     """
     _check_tensor(w)
     _check_nm(n, m)
     g = _groups(w.detach(), m)
+    if g.is_floating_point() and bool(torch.isnan(g).any()):
+        count = int(torch.isnan(g).sum())
+        raise ValueError(f"w contains {count} NaN value(s); N:M masks need comparable scores "
+                         "(replace NaN first, e.g. torch.nan_to_num(w, nan=0.0) to prune them)")
     return (_rank_in_group(g.abs()) < n).reshape(w.shape)
 
 
@@ -114,11 +127,25 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tens
     magnitudes) decide which ``n`` of every ``m`` survive. A layer whose input dim is not a
     multiple of ``m`` (e.g. a first conv with one input channel and kernel 5) cannot be
     N:M: it is left out, as NVIDIA's ASP does, or raises ``ValueError`` with ``strict=True``.
+    ``scores`` must hold every weight that gets a mask and no other name (``ValueError``).
     """
     _check_nm(n, m)
+    weights = _named_weights(model)
+    if scores is not None:
+        if not isinstance(scores, Mapping):
+            raise TypeError(f"scores must be a mapping weight name -> Tensor or None, got {type(scores).__name__}")
+        missing = [k for k, w in weights.items()  # a layer that is left out needs no score
+                   if k not in scores and (strict or group_view(w).shape[-1] % m == 0)]
+        unknown = [k for k in scores if k not in weights]
+        if missing or unknown:
+            raise ValueError(f"scores must have one entry per prunable weight ({', '.join(weights)}); "
+                             f"missing {missing}, unknown {unknown}")
+        for name, score in scores.items():
+            if not isinstance(score, Tensor):
+                raise TypeError(f"scores[{name!r}] must be a Tensor, got {type(score).__name__}")
     masks: dict[str, Tensor] = {}
-    for name, weight in _named_weights(model).items():
-        score = weight.detach().abs() if scores is None else scores[name]
+    for name, weight in weights.items():
+        score = weight.detach().abs() if scores is None else scores[name].detach()
         if score.shape != weight.shape:
             raise ValueError(f"scores[{name!r}] has shape {tuple(score.shape)}, weight has {tuple(weight.shape)}")
         flat = group_view(score)
@@ -126,7 +153,7 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tens
             if strict:
                 raise ValueError(f"{name}: input dim {flat.shape[-1]} is not a multiple of m={m}")
             continue
-        masks[name] = nm_mask(flat.float(), n, m).reshape(weight.shape)
+        masks[name] = nm_mask(flat, n, m).reshape(weight.shape)  # ranked in the scores' own dtype
     return masks
 
 
@@ -270,8 +297,7 @@ class NMSTE(nn.Module):
     def __init__(self, shape: Sequence[int], n: int = 2, m: int = 4, lam: float = 0.0) -> None:
         super().__init__()
         _check_nm(n, m)
-        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
-            raise ValueError(f"lam must be a float >= 0, got {lam!r}")
+        lam = _validate.real(lam, "lam", low=0.0)
         self.n, self.m, self.lam = n, m, float(lam)
         self.register_buffer("mask", torch.ones(tuple(shape), dtype=torch.bool))
         self.register_buffer("flips", torch.zeros((), dtype=torch.long))
@@ -295,9 +321,7 @@ class NMSTE(nn.Module):
 
 
 def _ste_of(module: nn.Module) -> NMSTE | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations["weight"] if isinstance(p, NMSTE)), None)
+    return find_parametrization(module, NMSTE)  # type: ignore[return-value]
 
 
 def apply_ste(model: nn.Module, n: int = 2, m: int = 4, lam: float = 0.0) -> list[str]:
@@ -367,8 +391,7 @@ class FlipCounter:
     """
 
     def __init__(self, every: int = 1) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
+        every = _validate.positive_int(every, "every")
         self.every = every
         self.flips: list[int] = []
         self._last: dict[str, Tensor] | None = None

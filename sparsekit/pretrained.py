@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _validate
 from .data import mnist1d
 from .models import TinyTransformer
 from .seeding import seed_everything
@@ -88,8 +89,7 @@ def make_pretrained(steps: int = 1500, seed: int = 0, batch_size: int = 128, lr:
     """
     from tqdm.auto import tqdm
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = _validate.positive_int(steps, "steps")
     seed_everything(seed)
     x = mnist1d(**SOURCE).x_train  # labels are never used
     model = TinyTransformer(**CONFIG)
@@ -163,8 +163,8 @@ def load_pretrained(path: str | Path | None = None, *, head_seed: int | None = N
     if check and file_sha256(path) != SHA256:
         raise ValueError(f"{path} has SHA-256 {file_sha256(path)}, expected {SHA256}: the file is corrupt or stale")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if head_seed is not None and (isinstance(head_seed, bool) or not isinstance(head_seed, int)):
-        raise TypeError(f"head_seed must be an int or None, got {type(head_seed).__name__}")
+    if head_seed is not None:
+        head_seed = _validate.seed(head_seed, "head_seed")
     with torch.random.fork_rng(devices=[]):  # building the model must not advance the global RNG
         model = TinyTransformer(**CONFIG)
         model.load_state_dict(state)

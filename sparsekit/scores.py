@@ -8,16 +8,20 @@ train/eval mode). Movement scores, which need a training loop, live in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from . import _validate
 from .masking import effective_weights, prunable_weights
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+F_ = TypeVar("F_", bound=Callable[..., Any])
 
 
 def magnitude(model: nn.Module) -> dict[str, Tensor]:
@@ -34,8 +38,7 @@ def random(model: nn.Module, seed: int) -> dict[str, Tensor]:
     The baseline every pruning method must beat (Blalock et al. 2020). The global RNG
     state is left untouched.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = _validate.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     return {
         name: torch.rand(w.shape, generator=gen, dtype=torch.float32).to(w.device)
@@ -59,6 +62,25 @@ def random(model: nn.Module, seed: int) -> dict[str, Tensor]:
 #   their score (GraSP scores can be negative, so 0 is not the smallest).
 # * ``masks=`` scores the model as if these masks were applied too (intersected with
 #   its own), without touching it: iterative pruning re-scores this way each round.
+
+
+def _with_grad(fn: F_) -> F_:
+    """Run ``fn`` with autograd on, even when called under ``torch.no_grad()`` or
+    ``torch.inference_mode()``: the scores *are* gradients, and computing them never
+    changes the model, so the caller's context need not forbid them. Inside, inference
+    mode is switched off, so the copies the score is computed on are ordinary tensors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _normal(t: Tensor) -> Tensor:
+    """``t``, or a copy of it if it is an inference tensor (autograd cannot save those)."""
+    return t.clone() if t.is_inference() else t
 
 
 def _check_batch(inputs: Tensor, targets: Tensor) -> None:
@@ -138,12 +160,13 @@ def _loss_and_weights(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     state, leaves = _functional_state(model, masks)
-    loss = loss_fn(functional_call(model, state, (inputs,)), targets)
+    loss = loss_fn(functional_call(model, state, (_normal(inputs),)), _normal(targets))
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ValueError("loss_fn must return a scalar tensor")
     return loss, leaves
 
 
+@_with_grad
 def snip(model: nn.Module, inputs: Tensor, targets: Tensor,
          loss_fn: LossFn = F.cross_entropy, *, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """SNIP connection sensitivity ``|g * w|`` on one batch (Lee et al. 2019).
@@ -154,6 +177,8 @@ def snip(model: nn.Module, inputs: Tensor, targets: Tensor,
     return the raw values. The forward pass runs in the model's current mode (in train
     mode BatchNorm uses the batch's statistics; its running statistics stay untouched).
     ``masks``: score as if these masks were applied as well (pruned entries score 0).
+    Works under ``torch.no_grad()`` and ``torch.inference_mode()`` (autograd is switched
+    on inside; the model is not changed), as do :func:`grasp` and :func:`synflow`.
     """
     loss, leaves = _loss_and_weights(model, inputs, targets, loss_fn, masks)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
@@ -163,6 +188,7 @@ def snip(model: nn.Module, inputs: Tensor, targets: Tensor,
     }
 
 
+@_with_grad
 def grasp(model: nn.Module, inputs: Tensor, targets: Tensor,
           loss_fn: LossFn = F.cross_entropy, *, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """GraSP: ``w * (H g)``, larger = keep (Wang et al. 2020, Eq. 8).
@@ -192,6 +218,7 @@ def grasp(model: nn.Module, inputs: Tensor, targets: Tensor,
     return out
 
 
+@_with_grad
 def synflow(model: nn.Module, example_input: Tensor, *,
             masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """SynFlow: ``(dR/dw) * w`` with ``R = 1^T (prod_l |W_l|) 1`` (Tanaka et al. 2020).

@@ -13,6 +13,8 @@ import random
 import numpy as np
 import torch
 
+from . import _validate
+
 
 def seed_everything(seed: int = 0) -> None:
     """Seed Python's ``random``, NumPy and torch (CPU and CUDA) with ``seed``.
@@ -20,8 +22,7 @@ def seed_everything(seed: int = 0) -> None:
     Also sets ``PYTHONHASHSEED`` for subprocesses. Together with seeded data loaders
     (:func:`sparsekit.data.loader`) this makes CPU training runs bit-for-bit repeatable.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = _validate.seed(seed, low=0)
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -51,7 +52,6 @@ def seeds(n: int) -> list[int]:
     Every seed a chapter trains with comes from here, so that ``SPARSEKIT_SEED_BASE=100``
     re-runs the whole chapter on seeds it has never seen.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int (how many seeds), got {n!r}")
+    n = _validate.integer(n, "n", low=1, what="a positive int (how many seeds)")
     base = seed_base()
     return list(range(base, base + n))

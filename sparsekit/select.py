@@ -21,16 +21,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from . import _validate
+
 _EXACT_SORT_LIMIT = 1 << 20  # below this many entries a plain stable sort is fastest
 _SAMPLE_SIZE = 1 << 16
 
 
 def _check_sparsity(sparsity: float, name: str = "sparsity") -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(sparsity).__name__}")
-    if math.isnan(sparsity) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {sparsity!r}")
-    return float(sparsity)
+    return _validate.fraction(sparsity, name)
 
 
 def lowest_k_parts(parts: list[Tensor], k: int) -> list[Tensor]:
@@ -103,40 +101,89 @@ def _flatten_scores(scores: Mapping[str, Tensor]) -> tuple[list[str], list[Tenso
     return names, tensors
 
 
-def _prepare(
+def _forced(
     names: list[str], tensors: list[Tensor], current: Mapping[str, Tensor] | None
-) -> list[Tensor]:
-    """Scores with already-pruned entries forced to -inf, so they are pruned first."""
+) -> list[Tensor | None]:
+    """Per tensor, a bool mask of the entries ``current`` has already pruned (``None``: none).
+
+    Scores are never altered: a score of ``-inf`` or ``1e300`` is a score like any other,
+    and the caller's dtype (float64, bfloat16, ...) decides the ranking.
+    """
     if current is None:
-        return tensors
+        return [None] * len(tensors)
     if not isinstance(current, Mapping):
         raise TypeError(f"current must be a mapping name -> bool mask, got {type(current).__name__}")
     unknown = set(current) - set(names)
     if unknown:
         raise ValueError(f"current has names not in scores: {sorted(unknown)}")
-    out = []
+    out: list[Tensor | None] = []
     for name, s in zip(names, tensors):
         mask = current.get(name)
         if mask is None:
-            out.append(s)
+            out.append(None)
             continue
+        if not isinstance(mask, Tensor):
+            raise TypeError(
+                f"current[{name!r}] must be a bool tensor of shape {tuple(s.shape)}, got {type(mask).__name__}"
+            )
         if mask.dtype != torch.bool or mask.shape != s.shape:
             raise ValueError(
                 f"current[{name!r}] must be a bool tensor of shape {tuple(s.shape)}, "
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
-        out.append(s.float().masked_fill(~mask.to(s.device), -math.inf))
+        out.append(~mask.detach().to(s.device))
     return out
 
 
-def _protect_top(score: Tensor, keep: int) -> Tensor:
-    """Set the ``keep`` largest entries of ``score`` to +inf (they can never be pruned)."""
+def _protect_top(score: Tensor, forced: Tensor | None, keep: int) -> Tensor | None:
+    """Bool mask of the ``keep`` largest entries of ``score`` that are not ``forced`` (pruned).
+
+    Ties go to the lower index (it is protected). An already-pruned entry is never
+    protected: protection does not revive it.
+    """
     if keep <= 0:
-        return score
-    flat = score.flatten().float().clone()
-    keep = min(keep, flat.numel())
-    flat[lowest_k(-flat, keep) & ~torch.isneginf(flat)] = math.inf  # never revive pruned
-    return flat.view_as(score)
+        return None
+    flat = score.reshape(-1)
+    protected = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if forced is None:
+        protected = lowest_k(-flat, min(keep, flat.numel()))
+    else:
+        free = ~forced.reshape(-1)
+        candidates = flat[free]
+        protected[free] = lowest_k(-candidates, min(keep, candidates.numel()))
+    return protected.view(score.shape)
+
+
+def _count(masks: list[Tensor | None]) -> int:
+    return sum(int(m.sum()) for m in masks if m is not None)
+
+
+def _prune_lowest(
+    tensors: list[Tensor], forced: list[Tensor | None], protected: list[Tensor | None], k: int
+) -> list[Tensor]:
+    """Pruned-entry masks: every ``forced`` entry, then the lowest scores among the rest
+    (never a ``protected`` one) until ``k`` are pruned over all tensors together.
+
+    Only the free entries take part in the ranking, in flat order, so the tie rule (lower
+    position first) is the same with or without ``current`` / ``min_keep``.
+    """
+    free: list[Tensor | None] = []
+    for f, p in zip(forced, protected):
+        if f is None and p is None:
+            free.append(None)  # everything is free: rank the tensor itself, no copy
+        else:
+            free.append(~f if p is None else ~p if f is None else ~(f | p))
+    parts = [s.reshape(-1) if fr is None else s[fr] for s, fr in zip(tensors, free)]
+    chosen = lowest_k_parts(parts, k - _count(forced))
+    out = []
+    for s, f, fr, c in zip(tensors, forced, free, chosen):
+        if fr is None:
+            out.append(c.view(s.shape))
+            continue
+        pruned = f.clone() if f is not None else torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+        pruned[fr] = c
+        out.append(pruned)
+    return out
 
 
 def select_masks(
@@ -150,7 +197,10 @@ def select_masks(
     """Masks that keep the largest scores: exactly ``round(sparsity * n)`` entries are False.
 
     Args:
-        scores: ``{name: float tensor}``, larger = more important (e.g. ``|w|``).
+        scores: ``{name: float tensor}``, larger = more important (e.g. ``|w|``). Any
+            float dtype; scores are ranked in their own dtype (never rounded to float32),
+            and every value but NaN is a valid score (``-inf`` is simply the least
+            important).
         sparsity: total fraction of False entries afterwards, in ``[0, 1)``.
         scope: ``"global"`` (one ranking over all tensors together) or ``"layer"``
             (the same fraction in each tensor).
@@ -158,7 +208,9 @@ def select_masks(
             sparsity. Asking for less sparsity than ``current`` already has is an error.
         min_keep: global scope only: each tensor keeps at least ``ceil(min_keep * numel)``
             of its largest entries, so that global pruning can never empty a layer
-            (layer collapse). ``0.0`` disables the guard.
+            (layer collapse). ``0.0`` disables the guard. With ``scope="layer"`` every
+            tensor keeps exactly ``1 - sparsity`` of its entries, so a nonzero
+            ``min_keep`` there is an error rather than silently ignored.
 
     Returns:
         ``{name: bool mask}``, same keys and shapes as ``scores``.
@@ -166,50 +218,46 @@ def select_masks(
     sparsity = _check_sparsity(sparsity)
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    if not isinstance(min_keep, (int, float)) or not 0.0 <= min_keep <= 1.0:
-        raise ValueError(f"min_keep must be a fraction in [0, 1], got {min_keep!r}")
+    min_keep = _validate.fraction(min_keep, "min_keep", allow_one=True)
+    if min_keep > 0 and scope == "layer":
+        raise ValueError(
+            f"min_keep applies to scope='global' only (with scope='layer' each tensor keeps exactly "
+            f"1 - sparsity of its entries); got min_keep={min_keep!r} with scope='layer'"
+        )
     names, tensors = _flatten_scores(scores)
-    prepared = _prepare(names, tensors, current)
+    forced = _forced(names, tensors, current)
 
     if scope == "layer":
         masks = {}
-        for name, s in zip(names, prepared):
+        for name, s, f in zip(names, tensors, forced):
             k = round(sparsity * s.numel())
-            _check_constraints(name, [s], k, current is not None)
-            masks[name] = (~lowest_k(s.flatten(), k)).view(s.shape)
+            _check_constraints(name, [s], [f], [None], k)
+            masks[name] = ~_prune_lowest([s], [f], [None], k)[0]
         return masks
 
-    if min_keep > 0:
-        prepared = [_protect_top(s, math.ceil(min_keep * s.numel())) for s in prepared]
-    total = sum(s.numel() for s in prepared)
+    protected = [_protect_top(s, f, math.ceil(min_keep * s.numel())) for s, f in zip(tensors, forced)]
+    total = sum(s.numel() for s in tensors)
     k = round(sparsity * total)
-    constrained = current is not None or min_keep > 0
-    _check_constraints("all scores", prepared, k, constrained)
-    pruned = lowest_k_parts(prepared, k)
-    return {name: (~p).view(s.shape) for name, s, p in zip(names, prepared, pruned)}
+    _check_constraints("all scores", tensors, forced, protected, k)
+    pruned = _prune_lowest(tensors, forced, protected, k)
+    return {name: ~p for name, p in zip(names, pruned)}
 
 
-def _check_constraints(name: str, parts: list[Tensor], k: int, constrained: bool) -> None:
-    """With ``current`` / ``min_keep``: -inf marks already-pruned, +inf protected entries."""
-    if not constrained:
-        return
-    already = sum(int(torch.isneginf(p).sum()) for p in parts)
+def _check_constraints(name: str, parts: list[Tensor], forced: list[Tensor | None],
+                       protected: list[Tensor | None], k: int) -> None:
+    """``k`` pruned entries must include every ``forced`` one and no ``protected`` one."""
+    already = _count(forced)
     if already > k:
         raise ValueError(
             f"{name}: {already} entries are already pruned by `current`, more than the "
             f"{k} that the requested sparsity allows; sparsity can only grow"
         )
-    protected = sum(int(torch.isposinf(p).sum()) for p in parts)
-    if k > sum(p.numel() for p in parts) - protected:
-        raise ValueError(f"{name}: cannot prune {k} entries while min_keep protects the rest")
+    kept = _count(protected)
+    if k > sum(p.numel() for p in parts) - kept:
+        raise ValueError(f"{name}: cannot prune {k} entries while min_keep protects the rest ({kept} entries)")
 
 
 # --- schedules: how sparse at each step ---------------------------------------------
-
-
-def one_shot(final_sparsity: float) -> float:
-    """The trivial schedule: prune straight to ``final_sparsity``."""
-    return _check_sparsity(final_sparsity, "final_sparsity")
 
 
 def imp_sparsity(rate: float, rounds: int) -> float:
@@ -217,9 +265,8 @@ def imp_sparsity(rate: float, rounds: int) -> float:
 
     ``1 - (1 - rate) ** rounds`` (Frankle & Carbin 2019 use ``rate = 0.2``).
     """
-    _check_sparsity(rate, "rate")
-    if not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    rate = _check_sparsity(rate, "rate")
+    rounds = _validate.integer(rounds, "rounds", low=0)
     return 1.0 - (1.0 - rate) ** rounds
 
 
@@ -236,11 +283,20 @@ def cubic_sparsity(
     ``s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_end - t_0)) ** 3`` for
     ``t_0 <= t <= t_end``; ``s_i`` before ``t_0`` and ``s_f`` after ``t_end``. It prunes
     fast early, while the network has many redundant weights, and slowly near the end.
+    ``initial_sparsity > final_sparsity`` raises ``ValueError``: the schedule only grows.
     """
-    _check_sparsity(final_sparsity, "final_sparsity")
-    _check_sparsity(initial_sparsity, "initial_sparsity")
-    if not isinstance(begin_step, int) or not isinstance(end_step, int) or end_step <= begin_step:
-        raise ValueError(f"need integer begin_step < end_step, got {begin_step!r}, {end_step!r}")
+    final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
+    initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
+    if initial_sparsity > final_sparsity:
+        raise ValueError(
+            f"initial_sparsity must be <= final_sparsity (sparsity only grows), got "
+            f"initial_sparsity={initial_sparsity!r} > final_sparsity={final_sparsity!r}"
+        )
+    step = _validate.integer(step, "step")
+    begin_step = _validate.integer(begin_step, "begin_step")
+    end_step = _validate.integer(end_step, "end_step")
+    if end_step <= begin_step:
+        raise ValueError(f"need begin_step < end_step, got begin_step={begin_step!r}, end_step={end_step!r}")
     if step <= begin_step:
         return initial_sparsity
     if step >= end_step:

@@ -28,7 +28,6 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
+from . import _validate
 from . import graph as dep
 from .masking import remove_masks
 from .models import MultiHeadSelfAttention
@@ -63,7 +63,7 @@ def l1_importance(model: nn.Module) -> dict[str, Tensor]:
 
 def random_importance(model: nn.Module, seed: int) -> dict[str, Tensor]:
     """``{layer: uniform random scores}`` from a private generator: the random-channel baseline."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(_validate.seed(seed))
     return {n: torch.rand(m.weight.shape[0], generator=gen) for n, m in _sources(model).items()}
 
 
@@ -100,8 +100,7 @@ def slimming_loss(model: nn.Module, lam: float, loss_fn: LossFn = F.cross_entrop
     ``lam * sign(gamma)`` pushes the scales of unneeded channels toward zero; with Adam
     they then hover within about one learning rate of zero instead of reaching it.
     """
-    if isinstance(lam, bool) or not isinstance(lam, Real) or lam < 0:
-        raise ValueError(f"lam must be a number >= 0, got {lam!r}")
+    lam = _validate.real(lam, "lam", low=0.0)
     bn_l1_penalty(model)  # fail early if there is no BatchNorm
 
     def loss(logits: Tensor, targets: Tensor, **kwargs: Any) -> Tensor:
@@ -118,8 +117,8 @@ def slimming_hook(lam: float, lr: float) -> Callable[[int, nn.Module], None]:
     Unlike a subgradient in the loss (which Adam would rescale), it drives unimportant
     scales to exactly zero.
     """
-    if not (isinstance(lam, Real) and lam >= 0 and isinstance(lr, Real) and lr > 0):
-        raise ValueError(f"need lam >= 0 and lr > 0, got lam={lam!r}, lr={lr!r}")
+    lam = _validate.real(lam, "lam", low=0.0)
+    lr = _validate.real(lr, "lr", low=0.0, low_open=True)
     shrink = float(lam) * float(lr)
 
     @torch.no_grad()
@@ -136,8 +135,7 @@ def _batches(inputs: Tensor, targets: Tensor, batch_size: int) -> Iterable[tuple
         raise TypeError("inputs and targets must be Tensors")
     if len(inputs) != len(targets) or len(inputs) == 0:
         raise ValueError(f"inputs and targets must be non-empty and equally long, got {len(inputs)}, {len(targets)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = _validate.positive_int(batch_size, "batch_size")
     for i in range(0, len(inputs), batch_size):
         yield inputs[i:i + batch_size], targets[i:i + batch_size]
 
@@ -188,11 +186,7 @@ def taylor_importance(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn
 # ---------------------------------------------------------------------------------
 
 def _check_fraction(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{what} must be a float in [0, 1), got {type(value).__name__} {value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{what} must be in [0, 1), got {value!r}")
-    return float(value)
+    return _validate.fraction(value, what)
 
 
 def _group_label(group: dep.ChannelGroup) -> str:
@@ -509,8 +503,7 @@ def select_heads(importance: Sequence[Tensor], num_to_prune: int) -> dict[int, l
     Ties are broken toward the earlier layer and the lower head index.
     """
     total = sum(len(s) for s in importance)
-    if isinstance(num_to_prune, bool) or not isinstance(num_to_prune, int) or not 0 <= num_to_prune <= total:
-        raise ValueError(f"num_to_prune must be an int in [0, {total}], got {num_to_prune!r}")
+    num_to_prune = _validate.integer(num_to_prune, "num_to_prune", low=0, high=total)
     flat = torch.cat([torch.as_tensor(s).float().flatten() for s in importance])
     where = [(i, h) for i, s in enumerate(importance) for h in range(len(s))]
     chosen: dict[int, list[int]] = {}
@@ -535,11 +528,11 @@ def prune_heads(model: nn.Module, heads_to_prune: Mapping[int, Iterable[int]]) -
         remove_masks(new)
     attn = attention_layers(new)
     for layer, heads in heads_to_prune.items():
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(attn):
+        if not _validate.is_int(layer) or not 0 <= layer < len(attn):
             raise ValueError(f"heads_to_prune has layer {layer!r}; allowed: 0..{len(attn) - 1}")
         a = attn[layer]
         heads = list(heads)
-        bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < a.num_heads]
+        bad = [h for h in heads if not _validate.is_int(h) or not 0 <= h < a.num_heads]
         if bad or len(set(heads)) != len(heads):
             raise ValueError(f"heads_to_prune[{layer}] = {heads} must hold distinct ints in [0, {a.num_heads})")
         keep_heads = [h for h in range(a.num_heads) if h not in set(heads)]

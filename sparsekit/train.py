@@ -7,6 +7,7 @@ gradual pruning, movement scores or rewinding checkpoints plug in.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from . import _validate
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 StepHook = Callable[[int, nn.Module], None]
@@ -45,9 +48,36 @@ class History:
         return self.steps[best]
 
 
+def _summed_loss(loss_fn: LossFn) -> Callable[[Tensor, Tensor], float]:
+    """``(logits, y) -> summed loss over the batch`` for any two-argument ``loss_fn``.
+
+    A ``LossFn`` is called with two arguments and returns the batch *mean* (as
+    ``F.cross_entropy`` does by default), so the sum is ``mean * batch size``. A loss
+    that also takes a ``reduction`` keyword (``F.cross_entropy``, ``F.nll_loss``, a
+    ``functools.partial`` of them, a wrapper with ``reduction`` or ``**kwargs``) is asked
+    for ``reduction="sum"`` directly: the exact sum, and a wrapper may leave a training
+    penalty out of the evaluation sum (as :func:`sparsekit.movement.prune_finetune` does).
+    """
+    try:
+        target = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn  # Module.__call__ takes **kwargs
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        params = []
+    if any(p.name == "reduction" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return lambda logits, y: float(loss_fn(logits, y, reduction="sum"))  # type: ignore[call-arg]
+    return lambda logits, y: float(loss_fn(logits, y)) * len(y)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, loss_fn: LossFn = F.cross_entropy) -> tuple[float, float]:
-    """``(mean loss, accuracy)`` of ``model`` over ``loader``, in eval mode (mode restored)."""
+    """``(mean loss, accuracy)`` of ``model`` over ``loader``, in eval mode (mode restored).
+
+    ``loss_fn(logits, targets)`` returns the batch mean (any two-argument loss, e.g.
+    ``nn.CrossEntropyLoss()``); batches are weighted by their size.
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (logits, targets) -> mean loss, got {type(loss_fn).__name__}")
+    summed = _summed_loss(loss_fn)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -55,7 +85,7 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: LossFn = F.cross_ent
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x)
-        total_loss += float(loss_fn(logits, y, reduction="sum"))
+        total_loss += summed(logits, y)
         correct += int((logits.argmax(dim=-1) == y).sum())
         count += len(y)
     model.train(was_training)
@@ -114,15 +144,15 @@ def train(
     """
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs or steps")
+    if steps is not None:
+        steps = _validate.positive_int(steps, "steps")
+    else:
+        epochs = _validate.positive_int(epochs, "epochs")
     per_epoch = len(train_loader)
     if per_epoch == 0:
         raise ValueError("train_loader is empty")
     total = steps if steps is not None else epochs * per_epoch  # type: ignore[operator]
-    if not isinstance(total, int) or total < 1:
-        raise ValueError(f"need at least one training step, got epochs={epochs!r}, steps={steps!r}")
-    eval_every = eval_every or per_epoch
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be positive, got {eval_every}")
+    eval_every = per_epoch if eval_every is None else _validate.positive_int(eval_every, "eval_every")
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     device = next(model.parameters()).device
     history = History()

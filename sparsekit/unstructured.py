@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from . import _validate
 from . import scores as _scores
 from .masking import apply_masks, get_masks, prunable_weights
 from .select import _check_sparsity, cubic_sparsity, select_masks
@@ -84,10 +85,8 @@ def iterative_prune(model: nn.Module, train_loader: DataLoader, final_sparsity: 
     ``epochs_per_round`` epochs. Returns the sparsity after each round.
     """
     final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
-    if not isinstance(epochs_per_round, int) or epochs_per_round < 1:
-        raise ValueError(f"epochs_per_round must be a positive int, got {epochs_per_round!r}")
+    rounds = _validate.positive_int(rounds, "rounds")
+    epochs_per_round = _validate.positive_int(epochs_per_round, "epochs_per_round")
     reached = []
     for r in range(1, rounds + 1):
         s = 1.0 - (1.0 - final_sparsity) ** (r / rounds)
@@ -115,8 +114,7 @@ class GradualPruning:
                  min_keep: float = DEFAULT_MIN_KEEP) -> None:
         cubic_sparsity(begin_step, final_sparsity, begin_step=begin_step, end_step=end_step,
                        initial_sparsity=initial_sparsity)  # validates the schedule arguments
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
+        every = _validate.positive_int(every, "every")
         if scope not in ("global", "layer"):
             raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
         self.final_sparsity, self.initial_sparsity = final_sparsity, initial_sparsity

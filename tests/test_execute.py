@@ -230,3 +230,39 @@ def test_chained_sparse_layers_match_dense_and_outputs_are_usable():
     y = chain(x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(y.contiguous().view(10, 8), y.reshape(10, 8))
+
+
+# --- issue 12 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr", "bsr"])
+def test_sparse_linear_output_is_row_major_like_nn_linear(layout):
+    lin = masked_linear(16, 8, 0.75, seed=2)
+    sl = ex.sparse_linear(lin, layout, (4, 4))
+    x = torch.randn(3, 5, 8)
+    y = sl(x)
+    assert y.is_contiguous()
+    assert torch.equal(y.view(-1), y.reshape(-1))  # view(-1) works as for an nn.Linear output
+    torch.testing.assert_close(y, lin(x), rtol=1e-5, atol=1e-5)
+    y2 = ex.sparse_matmul(sl.weight, x.reshape(15, 8), sl.bias)
+    assert y2.is_contiguous() and y2.view(-1).shape == (15 * 16,)
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_sparse_matmul_wrong_inner_dimension_is_a_named_error(layout):
+    w = ex.to_layout(torch.randn(6, 4), layout)
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 4\].*got \(2, 5\)"):
+        ex.sparse_matmul(w, torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\)"):
+        ex.sparse_matmul(w, torch.randn(2, 4), torch.zeros(5))
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    (("x", 0.5), TypeError, "shape must be a sequence of non-negative ints, got 'x'"),
+    (((4, 4), "0.5"), TypeError, "sparsity"),
+    (((4, 4), 1.0), ValueError, "sparsity"),
+    (((4, 4), 0.5, None), TypeError, "seed"),
+])
+def test_unstructured_mask_named_errors(args, exc, match):
+    with pytest.raises(exc, match=match):
+        ex.unstructured_mask(*args)

@@ -362,3 +362,71 @@ def test_sequential_transformer_param_names_are_plain():
     names = list(sk.prunable_weights(model))
     assert names[0] == "embed.weight" and "layers.0.attn.q.weight" in names and names[-1] == "head.weight"
     assert isinstance(model.layers[0].attn.q, nn.Linear)
+
+
+# --- issue 12: any two-argument loss; named errors ----------------------------------
+
+
+def test_evaluate_accepts_any_two_argument_loss():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(70, 8, generator=gen)
+    y = (x[:, 0] > 0).long()
+    val = data.loader(x, y, 32)  # batches of 32, 32, 6: the mean is weighted by batch size
+    model = models.MLP(8, (4,), 2)
+    with torch.no_grad():
+        expected = float(nn.functional.cross_entropy(model(x), y))
+    ref_loss, ref_acc = train.evaluate(model, val)
+    assert ref_loss == pytest.approx(expected, rel=1e-6)
+    for loss_fn in (nn.CrossEntropyLoss(), lambda logits, t: nn.functional.cross_entropy(logits, t)):
+        loss, acc = train.evaluate(model, val, loss_fn)
+        assert loss == pytest.approx(expected, rel=1e-6) and acc == ref_acc
+    tr, _ = _tiny_task()
+    hist = train.train(model, tr, steps=3, loss_fn=nn.CrossEntropyLoss(), val_loader=val, progress=False)
+    assert len(hist.val_loss) == 1
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        train.evaluate(model, val, "cross_entropy")
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(steps=True), TypeError, "steps must be a positive int, got bool"),
+    (dict(epochs=1.5), TypeError, "epochs must be a positive int"),
+    (dict(steps=5, eval_every=0), ValueError, "eval_every must be a positive int, got 0"),
+])
+def test_train_named_errors(kwargs, exc, match):
+    tr, _ = _tiny_task()
+    with pytest.raises(exc, match=match):
+        train.train(models.MLP(8, (4,), 2), tr, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: models.MLP(8, 8), TypeError, "hidden must be a sequence of positive ints.*got int 8"),
+    (lambda: models.MLP(8, (8, 0)), ValueError, r"hidden\[1\] must be a positive int, got 0"),
+    (lambda: models.MLP(8, (8,), True), TypeError, "num_classes"),
+    (lambda: models.CNN1d(32), ValueError, "channels must be three positive ints, got 32"),
+])
+def test_model_named_errors(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_validation_helpers():
+    np = pytest.importorskip("numpy")
+    from sparsekit import _validate as v
+    assert v.fraction(np.float32(0.5), "s") == 0.5 and isinstance(v.fraction(np.float32(0.5), "s"), float)
+    assert v.integer(np.int64(3), "n") == 3 and type(v.integer(np.int64(3), "n")) is int
+    for bad in (True, np.bool_(True), "0.5", None):
+        with pytest.raises(TypeError, match="s must be a number in \\[0, 1\\), got"):
+            v.fraction(bad, "s")
+    for bad in (1.0, float("nan"), -0.1, float("inf")):
+        with pytest.raises(ValueError, match="s must be"):
+            v.fraction(bad, "s")
+    assert v.fraction(1.0, "s", allow_one=True) == 1.0
+    with pytest.raises(ValueError, match="n must be a positive int, got 0"):
+        v.positive_int(0, "n")
+    with pytest.raises(TypeError, match="n must be a positive int, got float 2.0"):
+        v.positive_int(2.0, "n")
+    with pytest.raises(ValueError):  # wrong types are also ValueErrors (earlier checks raised those)
+        v.positive_int(True, "n")
+    assert v.seed(-3) == -3
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        v.seed(-3, low=0)

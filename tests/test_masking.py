@@ -107,6 +107,41 @@ def test_masked_weights_stay_exactly_zero_through_optimizers(make_opt):
     for name, w in sk.effective_weights(model).items():
         assert torch.all(w[~masks[name]] == 0), name
         assert torch.any(w[masks[name]] != 0), name
+    # the stored original stays zero too (fresh optimizer: no momentum from before), so
+    # remove_masks bakes in exactly these zeros
+    for name, w in sk.prunable_weights(model).items():
+        assert torch.all(w.detach()[~masks[name]] == 0), name
+
+
+def test_optimizer_created_before_apply_masks_keeps_its_momentum():
+    torch.manual_seed(0)
+    model = MLP(40, (32,), 10)
+    lr, momentum = 0.1, 0.9
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    x, y = torch.randn(64, 40), torch.randint(0, 10, (64,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    params = {n: p for n, p in sk.prunable_weights(model).items()}
+    values = {n: p.detach().clone() for n, p in params.items()}
+    buffers = {n: opt.state[p]["momentum_buffer"].clone() for n, p in params.items()}
+    masks = _half_masks(model)
+    sk.apply_masks(model, masks)
+    after = sk.prunable_weights(model)
+    for name, p in after.items():
+        assert p is params[name]  # the stored original is the very parameter the optimizer holds
+        assert torch.equal(p.detach()[masks[name]], values[name][masks[name]])  # kept: untouched
+        assert torch.all(p.detach()[~masks[name]] == 0)  # pruned: zeroed in the stored original
+        assert torch.equal(opt.state[p]["momentum_buffer"], buffers[name])  # momentum survives
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    for name, p in after.items():
+        expected = momentum * buffers[name] + p.grad
+        assert torch.equal(opt.state[p]["momentum_buffer"], expected)  # not restarted from zero
+        assert torch.all(p.grad[~masks[name]] == 0)
+        assert torch.all(sk.effective_weights(model)[name][~masks[name]] == 0)
 
 
 def test_without_masks_zeroed_weights_grow_back():
@@ -209,7 +244,189 @@ def test_load_masked_state_dict_into_plain_model():
 
 def test_masks_follow_device_and_dtype_moves():
     model = MLP(40, (16,), 10)
-    sk.apply_masks(model, _half_masks(model))
+    masks = _half_masks(model)
+    sk.apply_masks(model, masks)
     model.double()
     assert sk.get_masks(model)["0.weight"].dtype == torch.bool
     assert model(torch.randn(2, 40, dtype=torch.float64)).dtype == torch.float64
+    for name, w in sk.effective_weights(model).items():
+        assert w.dtype == torch.float64
+        assert torch.equal(sk.get_masks(model)[name], masks[name])
+        assert torch.all(w[~masks[name]] == 0) and torch.all(w[masks[name]] != 0)
+        assert torch.all(sk.prunable_weights(model)[name].detach()[~masks[name]] == 0)  # stored original
+    target = "cuda" if torch.cuda.is_available() else "meta"  # meta: a device move with no values
+    model.to(target)
+    for name, mask in sk.get_masks(model).items():
+        assert mask.device.type == target and mask.dtype == torch.bool
+        assert sk.prunable_weights(model)[name].device.type == target
+    if target == "cuda":
+        for name, w in sk.effective_weights(model).items():
+            assert torch.all(w[~masks[name].cuda()] == 0)
+
+
+# --- several parametrizations on one weight; all-or-nothing; named errors (issue 12) ------
+
+
+def _ste_and_mask(order: str) -> nn.Module:
+    """An MLP whose weights carry an nm.NMSTE *and* a mask (in the given order)."""
+    torch.manual_seed(0)
+    model = MLP(8, (8,), 4)
+    masks = _half_masks(model, 3)
+    if order == "ste-first":
+        sk.nm.apply_ste(model)
+        sk.apply_masks(model, masks)
+    else:
+        sk.apply_masks(model, masks)
+        sk.nm.apply_ste(model)
+    return model
+
+
+@pytest.mark.parametrize("order", ["ste-first", "mask-first"])
+def test_find_parametrization_by_type_not_position(order):
+    from sparsekit.masking import WeightMask, find_parametrization
+    model = _ste_and_mask(order)
+    layer = model[0]
+    assert len(layer.parametrizations.weight) == 2
+    assert isinstance(find_parametrization(layer, WeightMask), WeightMask)
+    assert isinstance(find_parametrization(layer, sk.nm.NMSTE), sk.nm.NMSTE)
+    assert find_parametrization(nn.Linear(2, 2), WeightMask) is None
+    assert set(sk.get_masks(model)) == {"0.weight", "2.weight"}
+
+
+@pytest.mark.parametrize("order", ["ste-first", "mask-first"])
+def test_load_masked_state_dict_with_two_parametrizations(order):
+    model = _ste_and_mask(order)
+    state = model.state_dict()
+    plain = MLP(8, (8,), 4)
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    with pytest.raises(ValueError, match=r"0\.parametrizations\.weight\.[01] holds \['flips', 'mask'\].*apply_ste"):
+        sk.load_masked_state_dict(plain, state)  # the STE must be registered first: a named error
+    assert sk.get_masks(plain) == {} and type(plain[0]) is nn.Linear
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in before.items())
+    fresh = MLP(8, (8,), 4)
+    if order == "ste-first":
+        sk.nm.apply_ste(fresh)  # the STE cannot be re-created from a state dict; the mask can
+        sk.load_masked_state_dict(fresh, state)
+    else:
+        with pytest.raises(ValueError, match=r"0\.parametrizations\.weight\.1 holds \['flips', 'mask'\]"):
+            sk.load_masked_state_dict(fresh, state)
+        assert not sk.get_masks(fresh)  # untouched
+        sk.apply_masks(fresh, {n: torch.ones_like(m) for n, m in sk.get_masks(model).items()})
+        sk.nm.apply_ste(fresh)
+        sk.load_masked_state_dict(fresh, state)
+    x = torch.randn(5, 8)
+    assert torch.equal(model(x), fresh(x))
+    for name, mask in sk.get_masks(model).items():
+        assert torch.equal(sk.get_masks(fresh)[name], mask)
+
+
+@pytest.mark.parametrize("order", ["ste-first", "mask-first"])
+def test_snapshot_leaks_no_parametrization_state(order):
+    model = _ste_and_mask(order)
+    snap = sk.lottery.snapshot(model)
+    assert set(snap) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    sk.lottery.rewind(model, snap)
+    masks = sk.get_masks(model)
+    for name in ("0.weight", "2.weight"):
+        assert torch.equal(sk.prunable_weights(model)[name].detach(), snap[name])
+        assert torch.all(snap[name][~masks[name]] == 0)
+
+
+def test_plain_state_keys():
+    from sparsekit.masking import plain_state_keys
+    model = _ste_and_mask("ste-first")
+    keys = plain_state_keys(model)
+    assert keys["0.parametrizations.weight.original"] == "0.weight"
+    assert keys["0.bias"] == "0.bias"
+    assert keys["0.parametrizations.weight.0.mask"] is None
+    assert keys["0.parametrizations.weight.0.flips"] is None
+    assert keys["0.parametrizations.weight.1.mask"] is None
+
+
+def test_apply_masks_is_all_or_nothing():
+    model = MLP(40, (16,), 10)
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    good = torch.zeros(16, 40, dtype=torch.bool)
+    bad_masks = [
+        {"0.weight": good, "2.weight": torch.ones(10, 16, dtype=torch.bool, device="meta")},
+        {"0.weight": good, "2.weight": torch.ones(10, 17, dtype=torch.bool)},
+        {"0.weight": good, "2.weight": torch.ones(10, 16)},
+        {"0.weight": good, "nope": torch.ones(10, 16, dtype=torch.bool)},
+    ]
+    for masks in bad_masks:
+        with pytest.raises((ValueError, TypeError), match="2.weight|nope"):
+            sk.apply_masks(model, masks)
+        assert sk.get_masks(model) == {}
+        assert type(model[0]) is nn.Linear
+        after = model.state_dict()
+        assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_apply_masks_meta_mask_is_a_named_error():
+    model = MLP(40, (16,), 10)
+    with pytest.raises(ValueError, match=r"masks\['0.weight'\] is on the meta device"):
+        sk.apply_masks(model, {"0.weight": torch.ones(16, 40, dtype=torch.bool, device="meta")})
+
+
+def test_load_masked_state_dict_of_another_shape_leaves_target_untouched():
+    source = MLP(40, (16,), 10)
+    sk.apply_masks(source, {"0.weight": _half_masks(source)["0.weight"]})
+    other_head = MLP(40, (16,), 11)  # the mask of 0.weight fits, 2.weight / 2.bias do not
+    other_hidden = MLP(40, (17,), 10)
+    for tgt in (other_head, other_hidden):
+        before = {n: p.detach().clone() for n, p in tgt.state_dict().items()}
+        with pytest.raises(ValueError, match="nothing was changed|shape"):
+            sk.load_masked_state_dict(tgt, source.state_dict())
+        assert sk.get_masks(tgt) == {}
+        after = tgt.state_dict()
+        assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_load_masked_state_dict_names_missing_and_unexpected_keys():
+    source = MLP(40, (16,), 10)
+    sk.apply_masks(source, _half_masks(source))
+    state = dict(source.state_dict())
+    del state["2.bias"]
+    state["extra"] = torch.zeros(1)
+    fresh = MLP(40, (16,), 10)
+    with pytest.raises(ValueError, match=r"missing keys \['2.bias'\], unexpected keys \['extra'\]"):
+        sk.load_masked_state_dict(fresh, state)
+    assert sk.get_masks(fresh) == {}
+
+
+def test_sparsity_of_empty_weights_is_a_value_error():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about initialising a zero-element tensor
+        layer = nn.Linear(0, 3)
+    with pytest.raises(ValueError, match="no entries"):
+        sk.sparsity(layer)
+
+
+def _weight_normed(kind: str) -> nn.Module:
+    import warnings
+    model = MLP(8, (8,), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hook version is deprecated
+        if kind == "parametrization":
+            torch.nn.utils.parametrizations.weight_norm(model[2])
+        else:
+            torch.nn.utils.weight_norm(model[2])
+    return model
+
+
+@pytest.mark.parametrize("kind", ["parametrization", "hook"])
+def test_weight_norm_is_refused_with_a_named_error(kind):
+    model = _weight_normed(kind)
+    with pytest.raises(TypeError, match="2.weight"):
+        sk.prunable_weights(model)
+    with pytest.raises(TypeError, match="2.weight"):
+        sk.apply_masks(model, {"2.weight": torch.ones(4, 8, dtype=torch.bool)})
+    with pytest.raises(TypeError, match="2.weight"):
+        sk.scores.snip(model, torch.randn(3, 8), torch.tensor([0, 1, 2]))
+    # the other layers can still be masked, and the model is left as it was on error
+    sk.apply_masks(model, {"0.weight": torch.zeros(8, 8, dtype=torch.bool)})
+    assert list(sk.get_masks(model)) == ["0.weight"]

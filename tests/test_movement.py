@@ -424,3 +424,13 @@ def test_masked_patch_loss_counts_hidden_tokens_only():
     torch.testing.assert_close(loss, expected)
     with pytest.raises(ValueError, match="steps"):
         pt.make_pretrained(steps=0)
+
+
+def test_accumulate_movement_missing_layer_is_a_named_error():
+    model = sk.models.MLP(8, (8,), 4)
+    F.cross_entropy(model(torch.randn(4, 8)), torch.tensor([0, 1, 2, 3])).backward()
+    scores = mv.accumulate_movement(None, model)
+    del scores["2.weight"]
+    with pytest.raises(ValueError, match=r"scores has no entry for \['2.weight'\]"):
+        mv.accumulate_movement(scores, model)
+    assert set(mv.accumulate_movement(scores, model, names=["0.weight"])) == {"0.weight"}

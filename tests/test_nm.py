@@ -318,3 +318,39 @@ def test_permutation_bad_input():
         nm.search_permutation(torch.randn(2, 6))
     with pytest.raises(ValueError, match="no module"):
         nm.permute_for_nm(sk.models.MLP(8, (8,), 4), [("0", "9")])
+
+
+# ---------------------------------------------------------------- issue 12
+
+
+@pytest.mark.parametrize("w", [[[math.nan, math.nan, math.nan, 1.0]], [[1.0, 2.0, math.nan, 0.0]]])
+def test_nm_mask_refuses_nan_with_a_named_error(w):
+    with pytest.raises(ValueError, match="w contains .*NaN"):
+        nm.nm_mask(torch.tensor(w))
+
+
+def test_nm_mask_inf_is_an_ordinary_largest_magnitude():
+    w = torch.tensor([[math.inf, -math.inf, 1.0, 2.0]])
+    assert nm.nm_mask(w).tolist() == [[True, True, False, False]]
+
+
+def test_nm_masks_scores_must_cover_every_layer():
+    torch.manual_seed(0)
+    mlp = sk.models.MLP(8, (8,), 4)
+    scores = sk.scores.magnitude(mlp)
+    del scores["2.weight"]
+    with pytest.raises(ValueError, match=r"missing \['2.weight'\]"):
+        nm.nm_masks(mlp, scores=scores)
+    with pytest.raises(ValueError, match=r"unknown \['x'\]"):
+        nm.nm_masks(mlp, scores={**sk.scores.magnitude(mlp), "x": torch.ones(1)})
+    with pytest.raises(ValueError, match="missing"):
+        nm.apply_nm(mlp, scores=scores)
+    assert sk.get_masks(mlp) == {}
+
+
+def test_nm_masks_rank_scores_in_their_own_dtype():
+    mlp = sk.models.MLP(4, (4,), 4)
+    scores = {n: torch.ones(w.shape, dtype=torch.float64) for n, w in sk.prunable_weights(mlp).items()}
+    scores["0.weight"][:, 3] += 1e-12  # lost in float32: all ties, lower indices would win
+    masks = nm.nm_masks(mlp, scores=scores)
+    assert masks["0.weight"][0].tolist() == [True, False, False, True]

@@ -319,3 +319,24 @@ def test_bad_inputs_raise_with_clear_messages() -> None:
         scores.synflow(model, x, masks={"4.weight": torch.ones(256, 10, dtype=torch.bool)})
     with pytest.raises(TypeError, match="masks must be a mapping"):
         scores.synflow(model, x, masks=[1])  # type: ignore[arg-type]
+
+
+# --- issue 12: scores under no_grad / inference_mode ----------------------------------
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_scores_work_inside_no_grad_and_inference_mode(context):
+    torch.manual_seed(0)
+    model = sk.models.CNN1d(channels=(4, 4, 4)).train()
+    x, y = torch.randn(8, 40), torch.randint(0, 10, (8,))
+    ref = {"snip": scores.snip(model, x, y), "grasp": scores.grasp(model, x, y), "synflow": scores.synflow(model, x)}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with context():
+        xi, yi = x.clone(), y.clone()  # inference tensors under inference_mode
+        got = {"snip": scores.snip(model, xi, yi), "grasp": scores.grasp(model, xi, yi),
+               "synflow": scores.synflow(model, xi)}
+    for kind in ref:
+        for name in ref[kind]:
+            assert torch.equal(got[kind][name], ref[kind][name]), (kind, name)
+            assert not got[kind][name].is_inference()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

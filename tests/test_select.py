@@ -182,8 +182,88 @@ def test_cubic_schedule_bad_input(kwargs):
         sk.cubic_sparsity(3, 0.5, **kwargs)
 
 
-def test_one_shot_validates():
-    assert select.one_shot(0.5) == 0.5
-    with pytest.raises(ValueError):
-        select.one_shot(1.0)
-    assert math.isclose(select.one_shot(0), 0.0)
+# --- scores keep their dtype: current / min_keep never change the ranking (issue 12) ---
+
+
+@pytest.mark.parametrize("values", [
+    [1 + 3e-12, 1 + 2e-12, 1 + 1e-12, 1.0],  # distinct in float64, equal in float32
+    [3e-50, 1e-50, 2e-50, 4e-50],  # below float32's smallest subnormal: all 0 in float32
+])
+def test_float64_scores_same_mask_with_and_without_current(values):
+    scores = {"w": torch.tensor(values, dtype=torch.float64)}
+    expected = ~_oracle_pruned(scores["w"], 2)
+    plain = sk.select_masks(scores, 0.5)
+    with_current = sk.select_masks(scores, 0.5, current={"w": torch.ones(4, dtype=torch.bool)})
+    with_keep = sk.select_masks(scores, 0.5, min_keep=0.25)
+    assert torch.equal(plain["w"], expected)
+    assert torch.equal(with_current["w"], expected)
+    assert torch.equal(with_keep["w"], expected)
+    layer = sk.select_masks(scores, 0.5, scope="layer", current={"w": torch.ones(4, dtype=torch.bool)})
+    assert torch.equal(layer["w"], expected)
+
+
+def test_scores_above_float32_max_are_ordinary_scores():
+    scores = {"w": torch.tensor([4e39, 1e39, 3e39, 2e39], dtype=torch.float64)}
+    current = {"w": torch.ones(4, dtype=torch.bool)}
+    masks = sk.select_masks(scores, 0.5, current=current)  # min_keep unused: no "protects the rest"
+    assert masks["w"].tolist() == [True, False, True, False]
+
+
+def test_user_minus_inf_scores_are_not_taken_for_already_pruned():
+    scores = {"w": torch.tensor([-math.inf, -math.inf, -math.inf, 1.0])}
+    current = {"w": torch.ones(4, dtype=torch.bool)}
+    masks = sk.select_masks(scores, 0.5, current=current)
+    assert masks["w"].tolist() == [False, False, True, True]
+    # and +inf is not taken for "protected" by min_keep
+    scores = {"w": torch.tensor([math.inf, math.inf, math.inf, 1.0])}
+    assert sk.select_masks(scores, 0.75, min_keep=0.25)["w"].tolist() == [True, False, False, False]
+
+
+def test_current_and_min_keep_keep_the_tie_rule():
+    scores = {"a": torch.ones(2, 2), "b": torch.ones(3)}
+    current = {"a": torch.tensor([[True, True], [True, False]])}
+    masks = sk.select_masks(scores, 3 / 7, current=current)
+    # the pre-pruned entry counts; then ties in flat order: a[0,0], a[0,1]
+    assert masks["a"].tolist() == [[False, False], [True, False]]
+    assert masks["b"].tolist() == [True, True, True]
+    masks = sk.select_masks(scores, 3 / 7, min_keep=0.5)  # a keeps a[0,0], a[0,1]; b keeps b[0], b[1]
+    assert masks["a"].tolist() == [[True, True], [False, False]]
+    assert masks["b"].tolist() == [True, True, False]
+
+
+def test_bfloat16_scores_ranked_in_their_dtype():
+    scores = {"w": torch.tensor([3.0, 1.0, 2.0, 4.0], dtype=torch.bfloat16)}
+    current = {"w": torch.tensor([True, True, True, False])}
+    assert sk.select_masks(scores, 0.5, current=current)["w"].tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(sparsity=0.5, current={"w": [True] * 4}), TypeError, r"current\['w'\] must be a bool tensor"),
+    (dict(sparsity=0.5, min_keep=True), TypeError, "min_keep"),
+    (dict(sparsity=0.5, min_keep=False), TypeError, "min_keep"),
+    (dict(sparsity=0.5, scope="layer", min_keep=0.1), ValueError, "min_keep.*scope='layer'"),
+    (dict(sparsity=0.5, min_keep=float("nan")), ValueError, "min_keep"),
+])
+def test_select_masks_named_errors(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        sk.select_masks({"w": torch.rand(4)}, **kwargs)
+
+
+def test_numpy_scalars_are_accepted_as_sparsity():
+    np = pytest.importorskip("numpy")
+    scores = {"w": torch.rand(8)}
+    expected = sk.select_masks(scores, 0.5)
+    for value in (np.float32(0.5), np.float64(0.5), np.float16(0.5)):
+        assert torch.equal(sk.select_masks(scores, value)["w"], expected["w"])
+    assert sk.cubic_sparsity(np.int64(200), np.float32(0.5), begin_step=0, end_step=100) == 0.5
+    assert sk.imp_sparsity(np.float32(0.5), np.int32(1)) == 0.5
+
+
+@pytest.mark.parametrize("args, kwargs, exc, match", [
+    (("a", 0.5), dict(begin_step=0, end_step=10), TypeError, "step must be an int, got str 'a'"),
+    ((3, 0.5), dict(begin_step=0, end_step=10, initial_sparsity=0.6), ValueError, "initial_sparsity.*<= final"),
+    ((3, 0.5), dict(begin_step=0.5, end_step=10), TypeError, "begin_step"),
+])
+def test_cubic_schedule_named_errors(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        sk.cubic_sparsity(*args, **kwargs)

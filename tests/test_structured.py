@@ -409,3 +409,11 @@ def test_cost_counts_linear_conv_and_attention() -> None:
     assert S.cost(tr, X).flops - linear == 2 * 2 * 2 * 16 * 4 * 10 * 10 * 16
     with pytest.raises(TypeError, match="model"):
         S.cost(None, X)  # type: ignore[arg-type]
+
+
+def test_random_importance_seed_must_be_an_int():
+    model = sk.models.CNN1d(channels=(4, 4, 4))
+    with pytest.raises(TypeError, match="seed must be an int"):
+        S.random_importance(model, None)
+    a, b = S.random_importance(model, 3), S.random_importance(model, 3)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -23,6 +23,16 @@ def mlp(seed=0):
     return sk.models.MLP(8, (16, 16), 2)
 
 
+TOTAL = 8 * 16 + 16 * 16 + 16 * 2  # prunable weights of mlp()
+
+
+def assert_exactly_pruned(model, count):
+    """Exactly ``count`` mask entries are False, and they are the model's only zeros."""
+    masks = sk.get_masks(model)
+    assert sum(int((~m).sum()) for m in masks.values()) == count
+    assert sk.sparsity(model) == count / TOTAL
+
+
 def test_prune_layer_scope_gives_exact_per_layer_counts_of_smallest_weights():
     model = mlp()
     before = {k: v.detach().clone() for k, v in sk.prunable_weights(model).items()}
@@ -31,7 +41,7 @@ def test_prune_layer_scope_gives_exact_per_layer_counts_of_smallest_weights():
         assert int((~masks[name]).sum()) == round(0.5 * w.numel())
         # every pruned |w| <= every kept |w|
         assert w.abs()[~masks[name]].max() <= w.abs()[masks[name]].min()
-    assert sk.sparsity(model) == pytest.approx(0.5, abs=0.01)
+    assert_exactly_pruned(model, 64 + 128 + 16)  # round(0.5 * numel) in each layer
 
 
 def test_prune_global_uses_one_threshold():
@@ -62,7 +72,7 @@ def test_prune_with_random_scores_and_repeated_pruning_only_grows():
     m2 = un.prune(model, 0.6)
     for k in m1:
         assert not (m2[k] & ~m1[k]).any()  # nothing revived
-    assert sk.sparsity(model) == pytest.approx(0.6, abs=0.01)
+    assert_exactly_pruned(model, round(0.6 * TOTAL))
     with pytest.raises(ValueError, match="sparsity can only grow"):
         un.prune(model, 0.2)
 
@@ -94,7 +104,7 @@ def test_iterative_prune_reaches_final_sparsity_geometrically():
     model = mlp()
     reached = un.iterative_prune(model, loader, 0.875, rounds=3, epochs_per_round=1, progress=False)
     assert reached == pytest.approx([0.5, 0.75, 0.875])
-    assert sk.sparsity(model) == pytest.approx(0.875, abs=0.01)
+    assert_exactly_pruned(model, round(0.875 * TOTAL))
     with pytest.raises(ValueError, match="rounds"):
         un.iterative_prune(model, loader, 0.9, rounds=0, epochs_per_round=1)
     with pytest.raises(ValueError, match="epochs_per_round"):
@@ -108,7 +118,7 @@ def test_gradual_pruning_hook_follows_the_cubic_schedule():
     sk.train.train(model, loader, steps=12, step_hook=hook, progress=False)
     assert [s for s, _ in hook.schedule] == [2, 6, 10]
     assert [v for _, v in hook.schedule] == pytest.approx([0.0, 0.8 * (1 - 0.5 ** 3), 0.8])
-    assert sk.sparsity(model) == pytest.approx(0.8, abs=0.01)
+    assert_exactly_pruned(model, round(0.8 * TOTAL))
     assert hook.sparsity_at(0) == 0.0 and hook.sparsity_at(100) == 0.8
 
 

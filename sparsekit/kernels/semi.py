@@ -29,8 +29,6 @@ _FALLBACK_MIN_SHAPE = {torch.float16: (32, 64), torch.bfloat16: (32, 64)}
 
 def semi_structured_status(device: torch.device | str | int | None = None) -> tuple[bool, str]:
     """``(available, reason)``: can ``to_sparse_semi_structured`` run here, and if not, why."""
-    if not hasattr(torch.sparse, "to_sparse_semi_structured"):
-        return False, f"torch {torch.__version__} has no torch.sparse.to_sparse_semi_structured (needs >= 2.1)"
     if not torch.cuda.is_available():
         return False, "no CUDA GPU: semi-structured sparsity needs an NVIDIA GPU with compute capability >= 8.0"
     dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
@@ -45,7 +43,7 @@ def semi_structured_status(device: torch.device | str | int | None = None) -> tu
 
 
 def sparse_tensor_cores_available(device: torch.device | str | int | None = None) -> bool:
-    """True if a CUDA GPU with compute capability >= 8.0 and torch's semi-structured API exist."""
+    """True if a CUDA GPU with compute capability >= 8.0 is available (torch >= 2.4 always has the API)."""
     return semi_structured_status(device)[0]
 
 
