@@ -16,6 +16,10 @@ notebook: those outputs must be the same on every CPU. The executed
 copies go to ``_build/robust/<run>/`` (the committed notebooks are never touched), the table
 to ``benchmarks/results/robust_cpu.md``.
 
+Results are cached in ``_build/robust/results.json`` under a fingerprint of the notebook and
+of ``sparsekit/``'s sources, so one chapter can be re-run alone; the table is written when
+every (chapter, run) pair has a result for the current notebooks and library.
+
 Usage: ``python tests/robust.py [--jobs 2] [--runs seed100,seed200,aten-default] [notebooks ...]``
 """
 
@@ -133,6 +137,29 @@ def launch(notebook: Path, run: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+CACHE = ROOT / "_build" / "robust" / "results.json"
+
+
+def fingerprint(notebook: Path) -> str:
+    """SHA-256 of the notebook's code cells and of every sparsekit source file."""
+    import hashlib
+
+    import nbformat
+
+    h = hashlib.sha256()
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            h.update(cell.source.encode())
+    for path in sorted((ROOT / "sparsekit").rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def load_cache() -> dict:
+    return json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -180,26 +207,40 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such notebook: {missing}")
     start = time.perf_counter()
     jobs = [(nb, run) for run in runs for nb in notebooks]
+    prints = {nb.name: fingerprint(nb) for nb in notebooks}
+    cache = load_cache()
     results = []
     with cf.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(launch, nb, run): (nb, run) for nb, run in jobs}
         for fut in cf.as_completed(futures):
             r = fut.result()
             results.append(r)
+            cache[f"{r['notebook']}|{r['run']}"] = {**r, "fingerprint": prints[r["notebook"]],
+                                                     "date": f"{dt.datetime.now():%Y-%m-%d %H:%M}"}
+            CACHE.parent.mkdir(parents=True, exist_ok=True)
+            CACHE.write_text(json.dumps(cache, indent=1))
             status = "pass" if r["ok"] else f"FAIL {r['error']}"
             print(f"[{len(results)}/{len(jobs)}] {r['notebook']} {r['run']}: {status} ({r['seconds']:.0f} s)",
                   flush=True)
-    report = table(results, runs, notebooks)
-    header = (f"# make robust: every chapter's asserts on other seeds and another float path\n\n"
-              f"Run {dt.datetime.now():%Y-%m-%d} on {cpu_name()} ({os.cpu_count()} cores), {args.jobs} notebooks at a "
-              f"time, {time.perf_counter() - start:.0f} s in all. Times are wall-clock seconds per notebook.\n\n")
-    print("\n" + report)
-    if args.notebooks:  # a partial run does not overwrite the recorded table
-        return 0 if all(r["ok"] for r in results) else 1
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(header + report + "\n")
-    print(f"\nwrote {args.results.relative_to(ROOT)}")
-    return 0 if all(r["ok"] for r in results) else 1
+    print("\n" + table(results, runs, notebooks))
+    print(f"{len(jobs)} runs in {time.perf_counter() - start:.0f} s")
+    ok = all(r["ok"] for r in results)
+    # The recorded table: every chapter x every default run, from the cache, for the current files.
+    chapters = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    current = {nb.name: fingerprint(nb) for nb in chapters}
+    cached = [cache.get(f"{nb.name}|{run}") for nb in chapters for run in DEFAULT_RUNS]
+    if all(c is not None and c["fingerprint"] == current[c["notebook"]] for c in cached):
+        dates = sorted(c["date"] for c in cached)
+        header = (f"# make robust: every chapter's asserts on other seeds and another float path\n\n"
+                  f"Runs from {dates[0]} to {dates[-1]} on {cpu_name()} ({os.cpu_count()} cores), up to {args.jobs} "
+                  f"notebooks at a time, for the current notebooks and sparsekit sources. Times are wall-clock "
+                  f"seconds per notebook (longer when two share the machine).\n\n")
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(header + table(cached, list(DEFAULT_RUNS), chapters) + "\n")
+        print(f"\nwrote {args.results.relative_to(ROOT)}")
+    else:
+        print("\n(not every chapter x run has a result for the current files yet: the recorded table is unchanged)")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
