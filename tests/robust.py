@@ -69,12 +69,24 @@ def _sanitizers() -> list[tuple[re.Pattern, str]]:
 
 
 def strict_text(cell: dict, rules: list[tuple[re.Pattern, str]]) -> list[str]:
-    """The text outputs strict nbval compares for one cell (figures are not compared)."""
+    """The text outputs strict nbval compares for one cell (figures are not compared).
+
+    Consecutive stream outputs are joined, as nbval does: where one print is split into two
+    stream messages depends on timing, not on the computation.
+    """
     texts = []
+    previous = None
     for out in cell.get("outputs", []):
         if out["output_type"] == "stream":
-            texts.append("".join(out["text"]) if isinstance(out["text"], list) else out["text"])
-        elif out["output_type"] in ("execute_result", "display_data"):
+            text = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+            if previous == "stream":
+                texts[-1] += text
+            else:
+                texts.append(text)
+            previous = "stream"
+            continue
+        previous = out["output_type"]
+        if out["output_type"] in ("execute_result", "display_data"):
             data = out.get("data", {})
             if any(k.startswith("image/") for k in data):
                 continue
@@ -160,6 +172,21 @@ def load_cache() -> dict:
     return json.loads(CACHE.read_text()) if CACHE.is_file() else {}
 
 
+def record(entry: dict) -> dict:
+    """Add one result to the cache under an exclusive lock (several robust.py may run at once)."""
+    import fcntl
+
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(CACHE.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = load_cache()
+        cache[f"{entry['notebook']}|{entry['run']}"] = entry
+        tmp = CACHE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(CACHE)
+    return cache
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -215,10 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         for fut in cf.as_completed(futures):
             r = fut.result()
             results.append(r)
-            cache[f"{r['notebook']}|{r['run']}"] = {**r, "fingerprint": prints[r["notebook"]],
-                                                     "date": f"{dt.datetime.now():%Y-%m-%d %H:%M}"}
-            CACHE.parent.mkdir(parents=True, exist_ok=True)
-            CACHE.write_text(json.dumps(cache, indent=1))
+            cache = record({**r, "fingerprint": prints[r["notebook"]], "date": f"{dt.datetime.now():%Y-%m-%d %H:%M}"})
             status = "pass" if r["ok"] else f"FAIL {r['error']}"
             print(f"[{len(results)}/{len(jobs)}] {r['notebook']} {r['run']}: {status} ({r['seconds']:.0f} s)",
                   flush=True)
