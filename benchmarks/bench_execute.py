@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import sys
 import warnings
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py
 from torch import nn
 
 import sparsekit as sk
@@ -38,16 +38,6 @@ CASES = [
     ("70 % blocks 32x32", "block", 0.70, None),
     ("90 % blocks 32x32", "block", 0.90, 3.0),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_case(kind: str, sparsity: float, repeats: int) -> dict[str, object]:

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py
 
 import sparsekit.pretrained as pt
 
@@ -36,13 +37,6 @@ def run_once(out: Path, extra_env: dict[str, str]) -> dict:
     proc = subprocess.run([sys.executable, "-m", "sparsekit.pretrained", "--out", str(out), "--json"],
                           env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

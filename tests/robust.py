@@ -30,7 +30,6 @@ import concurrent.futures as cf
 import datetime as dt
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -38,6 +37,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py: one description of the machine)
+
 RUNS: dict[str, dict[str, str]] = {
     "seed0": {"SPARSEKIT_SEED_BASE": "0"},
     "seed100": {"SPARSEKIT_SEED_BASE": "100"},
@@ -185,16 +187,6 @@ def record(entry: dict) -> dict:
         tmp.write_text(json.dumps(cache, indent=1))
         tmp.replace(CACHE)
     return cache
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def table(results: list[dict], runs: list[str], notebooks: list[Path]) -> str:
