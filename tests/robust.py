@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if all(c is not None and c["fingerprint"] == current[c["notebook"]] for c in cached):
         dates = sorted(c["date"] for c in cached)
         header = (f"# make robust: every chapter's asserts on other seeds and another float path\n\n"
-                  f"Runs from {dates[0]} to {dates[-1]} on {cpu_name()} ({os.cpu_count()} cores), up to {args.jobs} "
-                  f"notebooks at a time, for the current notebooks and sparsekit sources. Times are wall-clock "
+                  f"Runs from {dates[0]} to {dates[-1]} on {cpu_name()} ({os.cpu_count()} cores), possibly over "
+                  f"several invocations (results are cached), for the current notebooks and sparsekit sources. Times are wall-clock "
                   f"seconds per notebook (longer when two share the machine).\n\n")
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(header + table(cached, list(DEFAULT_RUNS), chapters) + "\n")
