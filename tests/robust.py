@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         dates = sorted(c["date"] for c in cached)
         header = (f"# make robust: every chapter's asserts on other seeds and another float path\n\n"
                   f"Runs from {dates[0]} to {dates[-1]} on {cpu_name()} ({os.cpu_count()} cores), possibly over "
-                  f"several invocations (results are cached), for the current notebooks and sparsekit sources. Times are wall-clock "
-                  f"seconds per notebook (longer when two share the machine).\n\n")
+                  f"several invocations (results are cached), for the current notebooks and sparsekit sources. "
+                  f"Times are wall-clock seconds per notebook (longer when two share the machine).\n\n")
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(header + table(cached, list(DEFAULT_RUNS), chapters) + "\n")
         print(f"\nwrote {args.results.relative_to(ROOT)}")
