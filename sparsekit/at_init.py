@@ -12,7 +12,7 @@ nearly gone gets *larger* scores (the flow through it concentrates on fewer weig
 and is never emptied. A layer that is emptied disconnects the network (*layer
 collapse*): :func:`layer_collapse` detects it and :func:`critical_compression` says at
 which compression one-shot global pruning with given scores first causes it.
-:func:`shuffle_masks` is the sanity check of Frankle et al. 2021.
+:func:`sparsekit.select.random_masks_like` is the layer-wise shuffle check of Frankle et al. 2021.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from . import _validate
 from . import scores as _scores
 from .masking import get_masks, prunable_weights
-from .select import _check_sparsity, select_masks
+from .select import _check_sparsity, geometric_schedule, select_masks
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -46,24 +46,6 @@ def compression_to_sparsity(compression: float) -> float:
     compression = _validate.real(compression, "compression", low=1.0, high=math.inf, high_open=True,
                                  what="a finite number >= 1")
     return 1.0 - 1.0 / compression
-
-
-def exponential_schedule(sparsity: float, rounds: int, initial_sparsity: float = 0.0) -> list[float]:
-    """Sparsity after each of ``rounds`` rounds, the *density* shrinking geometrically.
-
-    Round ``k`` (1-based) keeps ``d_0 * (d / d_0) ** (k / rounds)`` of the weights, with
-    ``d = 1 - sparsity`` and ``d_0 = 1 - initial_sparsity`` (Tanaka et al. 2020,
-    Algorithm 1): every round prunes the same *fraction of what is left*.
-    """
-    sparsity = _check_sparsity(sparsity)
-    initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
-    rounds = _validate.positive_int(rounds, "rounds")
-    if initial_sparsity > sparsity:
-        raise ValueError(f"initial_sparsity={initial_sparsity} exceeds the target sparsity={sparsity}")
-    d0, d = 1.0 - initial_sparsity, 1.0 - sparsity
-    out = [1.0 - d0 * (d / d0) ** (k / rounds) for k in range(1, rounds + 1)]
-    out[-1] = sparsity  # exact at the end, whatever the rounding
-    return out
 
 
 def score(model: nn.Module, method: str, *, inputs: Tensor | None = None, targets: Tensor | None = None,
@@ -118,7 +100,7 @@ def prune_at_init(
             (use :func:`compression_to_sparsity` for a compression ratio).
         inputs, targets: a batch for SNIP / GraSP; SynFlow uses ``inputs`` only for
             its shape.
-        rounds: prune in this many rounds on :func:`exponential_schedule`, re-scoring
+        rounds: prune in this many rounds on :func:`sparsekit.select.geometric_schedule`, re-scoring
             the masked network each round. Default: 100 for SynFlow (Tanaka et al.
             2020's iterative SynFlow), 1 (one-shot) otherwise.
         scope: ``"global"`` (one ranking over all layers, as in all three papers) or
@@ -148,7 +130,7 @@ def pruning_path(
 ) -> list[dict[str, Tensor]]:
     """The masks after *every* round of iterative pruning to ``sparsity``.
 
-    Entry ``k`` (0-based) reaches ``exponential_schedule(sparsity, rounds)[k]`` and is
+    Entry ``k`` (0-based) reaches ``geometric_schedule(sparsity, rounds)[k]`` and is
     what ``prune_at_init(model, method, that sparsity, rounds=k + 1)`` returns: the
     schedule shrinks the density by the same factor every round, so stopping after
     ``k + 1`` rounds is the same as aiming lower with fewer rounds. One run therefore
@@ -170,7 +152,7 @@ def pruning_path(
         total = sum(w.numel() for w in prunable_weights(model).values())
         start = sum(int((~m).sum()) for m in current.values()) / total
     path = []
-    for target in exponential_schedule(sparsity, rounds, min(start, sparsity)):
+    for target in geometric_schedule(sparsity, rounds, min(start, sparsity)):
         s = score(model, method, inputs=inputs, targets=targets, seed=seed, loss_fn=loss_fn, masks=current)
         current = select_masks(s, target, scope, current=current)
         path.append(current)
@@ -213,23 +195,6 @@ def critical_compression(scores: Mapping[str, Tensor]) -> float:
     flat = torch.cat([s.detach().flatten().double() for s in scores.values()])
     ranks = [int((flat >= s.detach().double().max()).sum()) for s in scores.values()]
     return flat.numel() / max(ranks)
-
-
-def shuffle_masks(masks: Mapping[str, Tensor], seed: int = 0) -> dict[str, Tensor]:
-    """Each mask randomly permuted within its layer: same per-layer sparsity, new positions.
-
-    Frankle et al. 2021 (Section 5) find that SNIP, GraSP and SynFlow masks can be
-    shuffled this way without hurting accuracy after training: what these methods
-    choose is mostly *how much* of each layer to keep, not *which* weights.
-    """
-    _check_mask_dict(masks)
-    seed = _validate.seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, m in masks.items():
-        perm = torch.randperm(m.numel(), generator=gen).to(m.device)
-        out[name] = m.flatten()[perm].view(m.shape).clone()
-    return out
 
 
 def _check_mask_dict(masks: Mapping[str, Tensor]) -> None:

@@ -44,7 +44,7 @@ from . import scores as _scores
 from .masking import apply_masks, get_masks, plain_state_keys, prunable_weights
 from .masking import sparsity as _sparsity
 from .seeding import seed_everything
-from .select import lowest_k, select_masks
+from .select import random_masks_like, select_masks
 from .train import History, evaluate, train
 
 ModelFn = Callable[[], nn.Module]
@@ -180,25 +180,6 @@ def prune_masks(
     if shared:
         masks.update(prune_group(shared, rate))
     return {n: masks[n] for n in weights}
-
-
-def random_masks_like(masks: Mapping[str, Tensor], seed: int) -> dict[str, Tensor]:
-    """Uniformly random masks with exactly the same number of kept entries in each tensor.
-
-    The "random mask" control: same per-layer sparsity as a ticket, random positions.
-    """
-    if not isinstance(masks, Mapping) or not masks:
-        raise ValueError("masks must be a non-empty mapping name -> bool tensor")
-    seed = _validate.seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, mask in masks.items():
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"masks[{name!r}] must be a bool Tensor")
-        pruned = mask.numel() - int(mask.sum())
-        s = torch.rand(mask.numel(), generator=gen)
-        out[name] = (~lowest_k(s, pruned)).view(mask.shape).to(mask.device)
-    return out
 
 
 # --- training runs -------------------------------------------------------------------

@@ -257,7 +257,71 @@ def _check_constraints(name: str, parts: list[Tensor], forced: list[Tensor | Non
         raise ValueError(f"{name}: cannot prune {k} entries while min_keep protects the rest ({kept} entries)")
 
 
+# --- random masks: the control every comparison needs ---------------------------
+
+
+def random_mask(shape: tuple[int, ...] | torch.Size, pruned: int, *, seed: int) -> Tensor:
+    """A uniformly random bool mask of ``shape`` with exactly ``pruned`` False entries.
+
+    The random baseline of Blalock et al. 2020 and the "random mask" control of
+    Frankle & Carbin 2019: same counts as the mask under test, positions by chance.
+    """
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(_validate.is_int(d) and d >= 0 for d in shape):
+        raise ValueError(f"shape must be a sequence of non-negative ints, got {shape!r}")
+    numel = math.prod(shape)
+    pruned = _validate.integer(pruned, "pruned", low=0, high=numel)
+    gen = torch.Generator().manual_seed(_validate.seed(seed))
+    mask = torch.ones(numel, dtype=torch.bool)
+    mask[torch.randperm(numel, generator=gen)[:pruned]] = False
+    return mask.view(tuple(shape))
+
+
+def random_masks_like(masks: Mapping[str, Tensor], seed: int) -> dict[str, Tensor]:
+    """Random masks with exactly as many False entries in each tensor as ``masks`` has.
+
+    Keeps *how much* of each layer a method prunes and forgets *which* weights: the
+    random-mask control of Frankle & Carbin 2019 and the layer-wise shuffle of
+    Frankle et al. 2021 (Section 5) are both this function. Tensor ``i`` (in dict
+    order) uses seed ``seed + i``.
+    """
+    if not isinstance(masks, Mapping) or not masks:
+        raise ValueError("masks must be a non-empty mapping name -> bool tensor")
+    seed = _validate.seed(seed)
+    out = {}
+    for i, (name, mask) in enumerate(masks.items()):
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"masks[{name!r}] must be a bool tensor, got {got}")
+        pruned = mask.numel() - int(mask.sum())
+        out[name] = random_mask(mask.shape, pruned, seed=seed + i).to(mask.device)
+    return out
+
+
 # --- schedules: how sparse at each step ---------------------------------------------
+
+
+def geometric_schedule(final_sparsity: float, rounds: int, initial_sparsity: float = 0.0) -> list[float]:
+    """Sparsity after each of ``rounds`` rounds, each pruning the same fraction of what is left.
+
+    Round ``k`` (1-based) keeps ``d_0 * (d / d_0) ** (k / rounds)`` of the weights, with
+    ``d = 1 - final_sparsity`` and ``d_0 = 1 - initial_sparsity``: the schedule of
+    iterative pruning (Han et al. 2015), of IMP (Frankle & Carbin 2019, where the per-round
+    rate is ``1 - (d / d_0) ** (1 / rounds)``) and of iterative SynFlow (Tanaka et al. 2020,
+    Algorithm 1). The last entry is exactly ``final_sparsity``.
+    """
+    final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
+    initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
+    rounds = _validate.positive_int(rounds, "rounds")
+    if initial_sparsity > final_sparsity:
+        raise ValueError(
+            f"initial_sparsity must be <= final_sparsity (sparsity only grows), got "
+            f"initial_sparsity={initial_sparsity!r} > final_sparsity={final_sparsity!r}"
+        )
+    d0, d = 1.0 - initial_sparsity, 1.0 - final_sparsity
+    out = [1.0 - d0 * (d / d0) ** (k / rounds) for k in range(1, rounds + 1)]
+    out[-1] = final_sparsity  # exact at the end, whatever the rounding
+    return out
+
 
 
 def imp_sparsity(rate: float, rounds: int) -> float:

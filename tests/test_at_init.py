@@ -42,54 +42,6 @@ def test_compression_to_sparsity() -> None:
         at_init.compression_to_sparsity("10")  # type: ignore[arg-type]
 
 
-def test_exponential_schedule_shrinks_density_geometrically() -> None:
-    sched = at_init.exponential_schedule(0.999, 3)
-    assert sched[-1] == 0.999
-    assert [1 - s for s in sched] == pytest.approx([0.1, 0.01, 0.001])
-    sched = at_init.exponential_schedule(0.99, 4, initial_sparsity=0.9)
-    assert [1 - s for s in sched] == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(1, 5)])
-    assert at_init.exponential_schedule(0.5, 1) == [0.5]
-
-
-@settings(max_examples=50, deadline=None)
-@given(sparsity=st.floats(0.0, 0.9999), rounds=st.integers(1, 200))
-def test_exponential_schedule_properties(sparsity: float, rounds: int) -> None:
-    sched = at_init.exponential_schedule(sparsity, rounds)
-    assert len(sched) == rounds and sched[-1] == sparsity
-    assert all(a <= b + 1e-12 for a, b in zip(sched, sched[1:]))
-    ratios = [(1 - b) / (1 - a) for a, b in zip([0.0, *sched[:-1]], sched)]
-    assert ratios == pytest.approx([(1 - sparsity) ** (1 / rounds)] * rounds, rel=1e-6)
-
-
-def test_exponential_schedule_bad_input() -> None:
-    with pytest.raises(ValueError, match="rounds"):
-        at_init.exponential_schedule(0.9, 0)
-    with pytest.raises(ValueError, match="sparsity"):
-        at_init.exponential_schedule(1.0, 3)
-    with pytest.raises(ValueError, match="initial_sparsity"):
-        at_init.exponential_schedule(0.5, 3, initial_sparsity=0.8)
-
-
-# --- prune_at_init ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("method", at_init.METHODS)
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_prune_at_init_exact_count_and_model_untouched(method: str, name: str) -> None:
-    torch.manual_seed(0)
-    model = sk.models.build(name)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = _batch()
-    masks = sk.prune_at_init(model, method, 0.9, inputs=x, targets=y, rounds=3 if method == "synflow" else None)
-    weights = sk.prunable_weights(model)
-    assert list(masks) == list(weights)
-    assert all(masks[k].dtype == torch.bool and masks[k].shape == w.shape for k, w in weights.items())
-    total = sum(w.numel() for w in weights.values())
-    assert _pruned(masks) == round(0.9 * total)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert not sk.get_masks(model)
-
-
 def test_one_shot_equals_select_of_the_score() -> None:
     model = _small_mlp()
     x, y = _batch()
@@ -127,11 +79,31 @@ def test_iterative_synflow_avoids_the_collapse_of_one_shot_synflow() -> None:
     assert not sk.layer_collapse(sk.prune_at_init(model, "synflow", s, inputs=x, rounds=100))
 
 
+# --- prune_at_init ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", at_init.METHODS)
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_prune_at_init_exact_count_and_model_untouched(method: str, name: str) -> None:
+    torch.manual_seed(0)
+    model = sk.models.build(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _batch()
+    masks = sk.prune_at_init(model, method, 0.9, inputs=x, targets=y, rounds=3 if method == "synflow" else None)
+    weights = sk.prunable_weights(model)
+    assert list(masks) == list(weights)
+    assert all(masks[k].dtype == torch.bool and masks[k].shape == w.shape for k, w in weights.items())
+    total = sum(w.numel() for w in weights.values())
+    assert _pruned(masks) == round(0.9 * total)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not sk.get_masks(model)
+
+
 def test_pruning_path_prefixes_equal_shorter_runs_and_are_nested() -> None:
     torch.manual_seed(0)
     model = sk.models.CNN1d(channels=(8, 8, 8))
     x, y = _batch()
-    sched = at_init.exponential_schedule(0.99, 6)
+    sched = sk.select.geometric_schedule(0.99, 6)
     for method in ["synflow", "snip"]:
         path = at_init.pruning_path(model, method, 0.99, rounds=6, inputs=x, targets=y)
         assert len(path) == 6
@@ -227,25 +199,7 @@ def test_critical_compression_is_where_global_selection_first_collapses(sizes: l
         assert sk.layer_collapse(sk.select_masks(s, 1 - (keep - 1) / total))
 
 
-# --- the sanity check of Frankle et al. 2021 ---------------------------------------------
 
-
-def test_shuffle_masks_keeps_per_layer_counts_and_moves_entries() -> None:
-    model = sk.models.MLP()
-    masks = sk.prune_at_init(model, "magnitude", 0.9)
-    shuffled = at_init.shuffle_masks(masks, seed=1)
-    assert list(shuffled) == list(masks)
-    for k in masks:
-        assert shuffled[k].shape == masks[k].shape and int(shuffled[k].sum()) == int(masks[k].sum())
-        assert not torch.equal(shuffled[k], masks[k])
-    again = at_init.shuffle_masks(masks, seed=1)
-    assert all(torch.equal(again[k], shuffled[k]) for k in masks)
-    other = at_init.shuffle_masks(masks, seed=2)
-    assert any(not torch.equal(other[k], shuffled[k]) for k in masks)
-    with pytest.raises(TypeError, match="seed"):
-        at_init.shuffle_masks(masks, seed=1.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="bool"):
-        at_init.shuffle_masks({"a": torch.ones(4)})
 
 
 def test_lazy_top_level_names() -> None:

@@ -180,37 +180,6 @@ def test_output_layer() -> None:
         lottery.output_layer(torch.nn.ReLU())
 
 
-# --- random masks --------------------------------------------------------------------
-
-
-@settings(max_examples=20, deadline=None)
-@given(p=st.floats(0.0, 0.99), seed=st.integers(0, 10_000))
-def test_random_masks_keep_per_layer_counts(p: float, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    masks = {"a": torch.rand(20, 30, generator=gen) > p, "b": torch.rand(7, generator=gen) > p}
-    rand = lottery.random_masks_like(masks, seed)
-    assert _remaining(rand) == _remaining(masks)
-    assert {n: m.shape for n, m in rand.items()} == {n: m.shape for n, m in masks.items()}
-    assert all(torch.equal(rand[n], m) for n, m in lottery.random_masks_like(masks, seed).items())
-
-
-def test_random_masks_differ_from_the_ticket() -> None:
-    mask = torch.zeros(100, 100, dtype=torch.bool)
-    mask[:, :20] = True  # a structured ticket
-    rand = lottery.random_masks_like({"w": mask}, 0)["w"]
-    assert int(rand.sum()) == 2000
-    assert int((rand & mask).sum()) < 1000  # overlap ~ 400 by chance, never the whole ticket
-
-
-def test_random_masks_bad_input() -> None:
-    with pytest.raises(ValueError, match="non-empty"):
-        lottery.random_masks_like({}, 0)
-    with pytest.raises(TypeError, match="seed"):
-        lottery.random_masks_like({"w": torch.ones(3, dtype=torch.bool)}, 1.5)
-    with pytest.raises(TypeError, match="bool"):
-        lottery.random_masks_like({"w": torch.ones(3)}, 0)
-
-
 # --- IMP -----------------------------------------------------------------------------
 
 

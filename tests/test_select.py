@@ -267,3 +267,101 @@ def test_numpy_scalars_are_accepted_as_sparsity():
 def test_cubic_schedule_named_errors(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         sk.cubic_sparsity(*args, **kwargs)
+
+
+# --- geometric schedule (moved from at_init) ---
+
+
+def test_geometric_schedule_shrinks_density_geometrically() -> None:
+    sched = select.geometric_schedule(0.999, 3)
+    assert sched[-1] == 0.999
+    assert [1 - s for s in sched] == pytest.approx([0.1, 0.01, 0.001])
+    sched = select.geometric_schedule(0.99, 4, initial_sparsity=0.9)
+    assert [1 - s for s in sched] == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(1, 5)])
+    assert select.geometric_schedule(0.5, 1) == [0.5]
+
+
+@settings(max_examples=50, deadline=None)
+@given(sparsity=st.floats(0.0, 0.9999), rounds=st.integers(1, 200))
+def test_geometric_schedule_properties(sparsity: float, rounds: int) -> None:
+    sched = select.geometric_schedule(sparsity, rounds)
+    assert len(sched) == rounds and sched[-1] == sparsity
+    assert all(a <= b + 1e-12 for a, b in zip(sched, sched[1:]))
+    ratios = [(1 - b) / (1 - a) for a, b in zip([0.0, *sched[:-1]], sched)]
+    assert ratios == pytest.approx([(1 - sparsity) ** (1 / rounds)] * rounds, rel=1e-6)
+
+
+def test_geometric_schedule_bad_input() -> None:
+    with pytest.raises(ValueError, match="rounds"):
+        select.geometric_schedule(0.9, 0)
+    with pytest.raises(ValueError, match="final_sparsity"):
+        select.geometric_schedule(1.0, 3)
+    with pytest.raises(ValueError, match="initial_sparsity"):
+        select.geometric_schedule(0.5, 3, initial_sparsity=0.8)
+
+
+def _remaining(masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {n: int(m.sum()) for n, m in masks.items()}
+
+
+# --- random masks --------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(p=st.floats(0.0, 0.99), seed=st.integers(0, 10_000))
+def test_random_masks_keep_per_layer_counts(p: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    masks = {"a": torch.rand(20, 30, generator=gen) > p, "b": torch.rand(7, generator=gen) > p}
+    rand = select.random_masks_like(masks, seed)
+    assert _remaining(rand) == _remaining(masks)
+    assert {n: m.shape for n, m in rand.items()} == {n: m.shape for n, m in masks.items()}
+    assert all(torch.equal(rand[n], m) for n, m in select.random_masks_like(masks, seed).items())
+
+
+def test_random_masks_differ_from_the_ticket() -> None:
+    mask = torch.zeros(100, 100, dtype=torch.bool)
+    mask[:, :20] = True  # a structured ticket
+    rand = select.random_masks_like({"w": mask}, 0)["w"]
+    assert int(rand.sum()) == 2000
+    assert int((rand & mask).sum()) < 1000  # overlap ~ 400 by chance, never the whole ticket
+
+
+def test_random_masks_bad_input() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        select.random_masks_like({}, 0)
+    with pytest.raises(TypeError, match="seed"):
+        select.random_masks_like({"w": torch.ones(3, dtype=torch.bool)}, 1.5)
+    with pytest.raises(TypeError, match="bool"):
+        select.random_masks_like({"w": torch.ones(3)}, 0)
+
+
+def test_random_masks_like_is_the_layerwise_shuffle_keeps_per_layer_counts_and_moves_entries() -> None:
+    torch.manual_seed(0)
+    masks = sk.select_masks(sk.scores.magnitude(sk.models.MLP()), 0.9)
+    shuffled = select.random_masks_like(masks, seed=1)
+    assert list(shuffled) == list(masks)
+    for k in masks:
+        assert shuffled[k].shape == masks[k].shape and int(shuffled[k].sum()) == int(masks[k].sum())
+        assert not torch.equal(shuffled[k], masks[k])
+    again = select.random_masks_like(masks, seed=1)
+    assert all(torch.equal(again[k], shuffled[k]) for k in masks)
+    other = select.random_masks_like(masks, seed=2)
+    assert any(not torch.equal(other[k], shuffled[k]) for k in masks)
+    with pytest.raises(TypeError, match="seed"):
+        select.random_masks_like(masks, seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bool"):
+        select.random_masks_like({"a": torch.ones(4)}, seed=0)
+
+
+def test_random_mask_exact_count_and_seeded() -> None:
+    m = select.random_mask((7, 11), 30, seed=3)
+    assert m.shape == (7, 11) and m.dtype == torch.bool and int((~m).sum()) == 30
+    assert torch.equal(m, select.random_mask((7, 11), 30, seed=3))
+    assert not torch.equal(m, select.random_mask((7, 11), 30, seed=4))
+    assert bool(select.random_mask((3,), 0, seed=0).all()) and not bool(select.random_mask((3,), 3, seed=0).any())
+    with pytest.raises(ValueError, match="pruned"):
+        select.random_mask((2, 2), 5, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        select.random_mask((2, -1), 1, seed=0)
+    with pytest.raises(TypeError, match="seed"):
+        select.random_mask((2, 2), 1, seed=None)  # type: ignore[arg-type]
