@@ -7,8 +7,9 @@ gradual pruning, movement scores or rewinding checkpoints plug in.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,23 @@ def _summed_loss(loss_fn: LossFn) -> Callable[[Tensor, Tensor], float]:
     return lambda logits, y: float(loss_fn(logits, y)) * len(y)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with every submodule in eval mode, then give each its own mode back.
+
+    ``model.train(was_training)`` would switch a BatchNorm the user froze (``bn.eval()``
+    inside a training model) back to training; this restores module by module, also when
+    the block raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, loss_fn: LossFn = F.cross_entropy) -> tuple[float, float]:
     """``(mean loss, accuracy)`` of ``model`` over ``loader``, in eval mode (mode restored).
@@ -78,17 +96,15 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: LossFn = F.cross_ent
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (logits, targets) -> mean loss, got {type(loss_fn).__name__}")
     summed = _summed_loss(loss_fn)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     total_loss, correct, count = 0.0, 0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        total_loss += summed(logits, y)
-        correct += int((logits.argmax(dim=-1) == y).sum())
-        count += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            total_loss += summed(logits, y)
+            correct += int((logits.argmax(dim=-1) == y).sum())
+            count += len(y)
     if count == 0:
         raise ValueError("loader is empty")
     return total_loss / count, correct / count
@@ -96,12 +112,8 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: LossFn = F.cross_ent
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """Accuracy on in-memory tensors, in eval mode (mode restored)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(x).argmax(dim=-1) == y).float().mean())
-    model.train(was_training)
-    return acc
+    with eval_mode(model), torch.no_grad():
+        return float((model(x).argmax(dim=-1) == y).float().mean())
 
 
 def make_optimizer(model: nn.Module, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
