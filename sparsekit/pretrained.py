@@ -36,6 +36,7 @@ from . import _validate
 from .data import mnist1d
 from .models import TinyTransformer
 from .seeding import seed_everything
+from .train import eval_mode
 
 CONFIG: dict[str, int] = {"d_model": 32, "num_heads": 2, "num_layers": 2, "d_ff": 64, "patch_size": 4}
 """The Transformer that is pre-trained (smaller than the default, so fine-tuning runs take seconds)."""
@@ -120,11 +121,9 @@ def reconstruction_error(model: TinyTransformer, *, fit_samples: int = 2000, see
     patches of the source *test* sequences. Masks come from a generator seeded with ``seed``.
     An untrained encoder scores near the data's variance; lower is better.
     """
-    if isinstance(fit_samples, bool) or not isinstance(fit_samples, int) or fit_samples < 1:
-        raise ValueError(f"fit_samples must be a positive int, got {fit_samples!r}")
-    was_training = model.training
-    model.eval()
-    try:
+    fit_samples = _validate.positive_int(fit_samples, "fit_samples")
+    seed = _validate.seed(seed)
+    with eval_mode(model):
         source = mnist1d(**SOURCE)
         gen = torch.Generator().manual_seed(seed)
 
@@ -140,8 +139,6 @@ def reconstruction_error(model: TinyTransformer, *, fit_samples: int = 2000, see
         decoder = torch.linalg.lstsq(a, b).solution
         a_test, b_test = hidden_states_and_targets(source.x_test)
         return float(((a_test @ decoder - b_test) ** 2).mean())
-    finally:
-        model.train(was_training)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -149,29 +146,63 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_pretrained(path: str | Path | None = None, *, head_seed: int | None = None) -> TinyTransformer:
+UNVERIFIED = "unverified"
+"""Pass ``sha256=UNVERIFIED`` to load a file of your own without a hash check, on purpose."""
+
+
+def load_pretrained(path: str | Path | None = None, *, sha256: str | None = None,
+                    head_seed: int | None = None) -> TinyTransformer:
     """The shipped pre-trained ``TinyTransformer(**CONFIG)``, hash-checked.
 
-    ``path=None`` loads the package asset and verifies it against :data:`SHA256`
-    (a mismatch raises ``ValueError``). ``head_seed`` re-initialises the classification
-    head from that seed, one fresh head per fine-tuning run. The global RNG is left as it was.
+    ``path=None`` (or the package asset's own path) loads the shipped weights and verifies
+    them against :data:`SHA256`. A file of your own needs ``sha256=`` (its expected hex
+    digest, checked) or ``sha256=UNVERIFIED`` (said out loud: loaded unchecked). A
+    mismatch, a truncated or foreign file raises ``ValueError``. ``head_seed``
+    re-initialises the classification head from that seed, one fresh head per fine-tuning
+    run. The global RNG is left as it was.
     """
-    check = path is None
     path = Path(ASSET if path is None else path)
     if not path.is_file():
         raise ValueError(f"path {str(path)!r} is not a file")
-    if check and file_sha256(path) != SHA256:
-        raise ValueError(f"{path} has SHA-256 {file_sha256(path)}, expected {SHA256}: the file is corrupt or stale")
-    state = torch.load(path, map_location="cpu", weights_only=True)
     if head_seed is not None:
         head_seed = _validate.seed(head_seed, "head_seed")
+    expected = _expected_sha256(path, sha256)
+    if expected is not None and file_sha256(path) != expected:
+        raise ValueError(f"{path} has SHA-256 {file_sha256(path)}, expected {expected}: the file is corrupt or stale")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as err:  # truncated or not a torch.save archive
+        raise ValueError(f"{path} is not a readable torch.save checkpoint ({type(err).__name__}: {err})") from err
     with torch.random.fork_rng(devices=[]):  # building the model must not advance the global RNG
         model = TinyTransformer(**CONFIG)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"{path} does not hold TinyTransformer(**CONFIG) weights: {err}") from err
         if head_seed is not None:
             torch.manual_seed(head_seed)
             model.head.reset_parameters()
     return model
+
+
+def _expected_sha256(path: Path, sha256: str | None) -> str | None:
+    """The digest ``path`` must have, or ``None`` when the caller chose ``UNVERIFIED``."""
+    if sha256 is not None and not isinstance(sha256, str):
+        raise TypeError(f"sha256 must be a hex string or {UNVERIFIED!r}, got {type(sha256).__name__}")
+    shipped = path.resolve() == ASSET.resolve()
+    if sha256 is None:
+        if shipped:
+            return SHA256
+        raise ValueError(
+            f"{path} is not the shipped asset: pass sha256=<its hex digest> to check it, or "
+            f"sha256={UNVERIFIED!r} to load it unchecked"
+        )
+    if sha256 == UNVERIFIED:
+        return None
+    digest = sha256.lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"sha256 must be 64 hex digits or {UNVERIFIED!r}, got {sha256!r}")
+    return digest
 
 
 def main(argv: list[str] | None = None) -> None:
