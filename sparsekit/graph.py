@@ -121,6 +121,7 @@ class _Tracer(fx.Tracer):
         self._where: list[str] = []
         self._evaluating = False  # running real ops for a shape condition: no tracing
         self.failed_in: str | None = None
+        self.shape_branches: list[str] = []  # where a branch on shapes was followed
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._evaluating:
@@ -161,6 +162,7 @@ class _Tracer(fx.Tracer):
             if n in keep or n.op == "placeholder":
                 env[n] = sub.node_copy(n, env.__getitem__)
         sub.output(env[node])
+        self.shape_branches.append(f"{self.module_label()} (on {_describe(node)})")
         self._evaluating = True  # fx's hooks (call_module, getattr) now run the real module
         try:
             return bool(fx.Interpreter(fx.GraphModule(self._model, sub)).run(*self._inputs))
@@ -186,8 +188,9 @@ def trace(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> fx.Gr
     statistics do not move). Extra ``forward`` arguments with defaults (e.g.
     ``head_masks=None``) are fixed at their defaults.
 
-    Control flow on shapes follows the example's branch; a forward that branches on tensor
-    values, or that fx cannot trace at all, raises ``ValueError`` naming the module.
+    Control flow on shapes follows the example's branch (refused when a Conv/Linear/BatchNorm
+    is then left off the graph); a forward that branches on tensor values, or that fx cannot
+    trace at all, raises ``ValueError`` naming the module.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -211,6 +214,13 @@ def trace(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> fx.Gr
         if len(inputs) > placeholders:
             raise ValueError(f"example_input gives {len(inputs)} inputs but {type(model).__name__}.forward "
                              f"takes {placeholders}")
+        if tracer.shape_branches:  # a layer on the branch not taken would keep its old width
+            used = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+            off_path = [n for n, m in model.named_modules() if isinstance(m, SOURCE_TYPES + BN_TYPES) and n not in used]
+            if off_path:
+                raise ValueError(f"{tracer.shape_branches[0]} branches on a shape, and the branch the example "
+                                 f"input takes does not use {off_path}: a model shrunk along it could fail "
+                                 "on inputs taking the other branch")
         _ValueInterpreter(fx.GraphModule(model, graph)).run(*inputs)
     return graph
 

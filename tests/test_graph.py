@@ -113,3 +113,18 @@ def test_trace_uses_public_fx_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_trace_counts_example_inputs() -> None:
     with pytest.raises(ValueError, match="example_input gives 2 inputs but MLP.forward takes 1"):
         trace(sk.models.MLP(), (X, X))
+
+
+def test_shape_branch_that_skips_a_layer_is_refused() -> None:
+    class BatchBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.single = nn.Linear(40, 8), nn.Linear(8, 2), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.relu(self.fc1(x))
+            return self.fc2(h) if x.shape[0] > 1 else self.single(h)
+
+    msg = r"BatchBranch.forward \(on call_function 'gt'.*does not use \['single'\]"
+    with pytest.raises(ValueError, match=msg):
+        S.shrink_channels(BatchBranch(), 0.5, X)
