@@ -1,4 +1,4 @@
-"""Channel dependency graphs from ``torch.fx``: which layers must shrink together.
+"""Channel dependency graphs from ``torch.fx`` for the *finalize* step (shrink): which layers shrink together.
 
 Removing output channel ``c`` of a Conv/Linear layer (a *source*) changes every tensor
 that carries channel ``c`` downstream: the BatchNorm that normalises it, the
@@ -15,14 +15,15 @@ Anything else that touches a channel (concatenation, reshapes, LayerNorm, the mo
 output, ...) *blocks* the group, with the reason recorded so callers can say which
 module and which operation stopped them.
 
-Models are traced with a tracer that also runs the ops on an example input, so
-Python control flow on shapes (``if x.dim() == 2``) resolves to the branch that
-input takes.
+Models are traced with public ``torch.fx`` (symbolic tracing, then an
+``fx.Interpreter`` run for the values on an example input). Python control flow on
+shapes (``if x.dim() == 2``) resolves to the branch that input takes; control flow on
+tensor values (``if x.sum() > 0``) is refused with a ``ValueError`` naming the module,
+since the graph would hold one branch only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import operator
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+
+from .train import eval_mode
 
 SOURCE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 BN_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -57,68 +60,137 @@ _SCALAR_OPS: set[Any] = {operator.mul, operator.truediv, operator.add, operator.
 
 
 # ---------------------------------------------------------------------------------
-# Tracing with concrete values
+# Tracing, then values
 # ---------------------------------------------------------------------------------
 
-def _unpatched() -> contextlib.AbstractContextManager[None]:
-    """Temporarily undo fx's tracing patches (private torch API; a no-op where absent)."""
-    revert = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", None)
-    return revert() if revert is not None else contextlib.nullcontext()
+# Nodes that read a tensor's shape, not its values: a branch on them is the same for
+# every input of that shape.
+_SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
+_SHAPE_ATTRS = {"shape", "ndim"}
 
 
-class _ValueTracer(fx.Tracer):
-    """An fx tracer that also computes every node's value on an example input.
+def _reads_shape_only(node: fx.Node) -> bool:
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return True
+    return (node.op == "call_function" and node.target is getattr
+            and len(node.args) == 2 and node.args[1] in _SHAPE_ATTRS)
 
-    ``node.meta["value"]`` holds the concrete result, and ``bool(proxy)`` (Python
-    control flow) answers with it, so ``if x.dim() == 2`` follows the example's branch.
+
+def _depends_on_values(node: fx.Node) -> bool:
+    """True when ``node`` depends on the values of an input, parameter or buffer, not only on shapes."""
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n in seen or _reads_shape_only(n):
+            continue
+        seen.add(n)
+        if n.op in ("placeholder", "get_attr"):
+            return True
+        todo.extend(n.all_input_nodes)
+    return False
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
+    return seen
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx`` symbolic tracing that answers control flow on *shapes* and refuses it on *values*.
+
+    ``bool(proxy)`` (an ``if`` in ``forward``) is asked of :meth:`to_bool`, fx's public hook
+    for it. When the condition depends only on shapes (``if x.dim() == 2``), the part of
+    the graph it needs is run on the example input (``fx.Interpreter``) and the branch that
+    input takes is followed: the same for every input of that shape. A condition on tensor
+    values (``if x.sum() > 0``) is refused, naming the module: the graph would hold the
+    example's branch only, and a model shrunk along it fails on the other branch.
+    While that part runs, fx's public hooks :meth:`call_module` and :meth:`getattr` hand
+    back real modules and tensors instead of recording them.
     """
 
     def __init__(self, root: nn.Module, inputs: tuple[Any, ...]) -> None:
         super().__init__()
-        self._root, self._inputs, self._next_input = root, inputs, 0
+        self._model, self._inputs = root, inputs
+        self._where: list[str] = []
+        self._evaluating = False  # running real ops for a shape condition: no tracing
+        self.failed_in: str | None = None
+        self.shape_branches: list[str] = []  # where a branch on shapes was followed
 
-    def _value(self, a: Any) -> Any:
-        return fx.node.map_aggregate(a, lambda x: x.node.meta["value"] if isinstance(x, fx.Proxy) else x)
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._evaluating:
+            return forward(*args, **kwargs)
+        self._where.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self._where[-1]
+            raise
+        finally:
+            self._where.pop()
 
-    def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                     name: str | None = None, type_expr: Any | None = None, *extra: Any, **extra_kw: Any) -> fx.Proxy:
-        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *extra, **extra_kw)
-        with _unpatched():  # run the real op, not the tracer's patched Module.__call__/__getattr__
-            proxy.node.meta["value"] = self._compute(kind, target, args, kwargs)
-        return proxy
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:  # noqa: A003
+        if self._evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
-    def _compute(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        a, kw = self._value(args), self._value(kwargs)
-        if kind == "placeholder":
-            if self._next_input >= len(self._inputs):
-                raise ValueError(f"example_input gives {len(self._inputs)} input(s) but forward needs more")
-            value = self._inputs[self._next_input]
-            self._next_input += 1
-        elif kind == "get_attr":
-            value = operator.attrgetter(target)(self._root)
-        elif kind == "call_module":
-            value = self._root.get_submodule(target)(*a, **kw)
-        elif kind == "call_function":
-            value = target(*a, **kw)
-        elif kind == "call_method":
-            value = getattr(a[0], target)(*a[1:], **kw)
-        else:  # output
-            value = a[0] if a else None
-        return value
+    def module_label(self) -> str:
+        """The module whose ``forward`` is being traced, for messages."""
+        if self._where:
+            name = self._where[-1]
+            return f"module {name!r} ({type(self._model.get_submodule(name)).__name__})"
+        return f"{type(self._model).__name__}.forward"
 
     def to_bool(self, obj: fx.Proxy) -> bool:
-        return bool(obj.node.meta["value"])
+        node = obj.node
+        if _depends_on_values(node):
+            raise ValueError(
+                f"{self.module_label()} branches on tensor values (Python control flow on {_describe(node)}): "
+                "torch.fx records only the branch the example input takes, and a model shrunk along it "
+                "would fail on the other branch; sparsekit.graph supports control flow on shapes only")
+        keep = _ancestors(node)
+        sub = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for n in self.graph.nodes:  # every placeholder, so the example inputs line up
+            if n in keep or n.op == "placeholder":
+                env[n] = sub.node_copy(n, env.__getitem__)
+        sub.output(env[node])
+        self.shape_branches.append(f"{self.module_label()} (on {_describe(node)})")
+        self._evaluating = True  # fx's hooks (call_module, getattr) now run the real module
+        try:
+            return bool(fx.Interpreter(fx.GraphModule(self._model, sub)).run(*self._inputs))
+        finally:
+            self._evaluating = False
 
-    def iter(self, obj: fx.Proxy):  # noqa: A003 - fx.Tracer's name
-        return iter(obj.node.meta["value"])
+
+class _ValueInterpreter(fx.Interpreter):
+    """Runs the traced graph on the example input and keeps every node's value in ``meta["value"]``."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        n.meta["value"] = value
+        return value
 
 
 def trace(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> fx.Graph:
     """The fx graph of ``model(example_input)``; every node has ``meta["value"]``.
 
-    Runs the model once, in eval mode and without gradients (the mode is restored, so
-    BatchNorm statistics do not move). Extra ``forward`` arguments with defaults (e.g.
+    Public ``torch.fx`` only: symbolic tracing (``fx.Tracer``), then one run of the graph on
+    the example (``fx.Interpreter``) for the values, in eval mode and without gradients
+    (:func:`sparsekit.train.eval_mode`: every module's own mode comes back and BatchNorm
+    statistics do not move). Extra ``forward`` arguments with defaults (e.g.
     ``head_masks=None``) are fixed at their defaults.
+
+    Control flow on shapes follows the example's branch (refused when a Conv/Linear/BatchNorm
+    is then left off the graph); a forward that branches on tensor values, or that fx cannot
+    trace at all, raises ``ValueError`` naming the module.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -127,16 +199,29 @@ def trace(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> fx.Gr
         raise TypeError(f"example_input must be a Tensor or tuple of Tensors, got {type(example_input).__name__}")
     params = list(inspect.signature(model.forward).parameters.values())
     concrete = {p.name: p.default for p in params[len(inputs):] if p.default is not inspect.Parameter.empty}
-    tracer = _ValueTracer(model, inputs + tuple(concrete.values()))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
+    tracer = _Tracer(model, inputs)
+    with eval_mode(model), torch.no_grad():
+        try:
             graph = tracer.trace(model, concrete_args=concrete or None)
-    except fx.proxy.TraceError as err:
-        raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {err}") from err
-    finally:
-        model.train(was_training)
+        except ValueError:
+            raise
+        except Exception as err:  # fx.proxy.TraceError, or a Proxy where Python needs an int, ...
+            where = (f"module {tracer.failed_in!r} of {type(model).__name__}" if tracer.failed_in
+                     else f"{type(model).__name__}.forward")
+            raise ValueError(f"cannot trace {where} with torch.fx ({type(err).__name__}: {err}); "
+                             "sparsekit.graph needs a forward that torch.fx.symbolic_trace can trace") from err
+        placeholders = sum(n.op == "placeholder" for n in graph.nodes)
+        if len(inputs) > placeholders:
+            raise ValueError(f"example_input gives {len(inputs)} inputs but {type(model).__name__}.forward "
+                             f"takes {placeholders}")
+        if tracer.shape_branches:  # a layer on the branch not taken would keep its old width
+            used = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+            off_path = [n for n, m in model.named_modules() if isinstance(m, SOURCE_TYPES + BN_TYPES) and n not in used]
+            if off_path:
+                raise ValueError(f"{tracer.shape_branches[0]} branches on a shape, and the branch the example "
+                                 f"input takes does not use {off_path}: a model shrunk along it could fail "
+                                 "on inputs taking the other branch")
+        _ValueInterpreter(fx.GraphModule(model, graph)).run(*inputs)
     return graph
 
 

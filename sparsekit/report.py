@@ -1,22 +1,77 @@
-"""Cost accounting: what a sparse model stores and computes, layer by layer.
+"""Cost accounting: what a sparse model stores and computes, layer by layer (the *finalize* step's bill).
 
 For each prunable layer: shape, parameters, nonzeros, sparsity; multiply-accumulate
 FLOPs as dense and as *effective* (only nonzero weights), for one example input; and
-the bytes needed to store the weight as dense, CSR (values + int64 column indices +
-row pointers, as ``torch.sparse_csr`` stores it), and bitmask (one bit per entry +
-the nonzero values).
+the bytes needed to store the weight as dense, CSR (values + int32 column indices +
+int32 row pointers, as :func:`sparsekit.execute.to_layout` stores it), and bitmask
+(one bit per entry + the nonzero values).
+
+FLOPs are counted in one place, :func:`flop_counts`, with torch's own
+``torch.utils.flop_counter.FlopCounterMode`` (every matmul and convolution the forward
+pass runs, attention's ``Q K^T`` and ``A V`` included); :func:`cost_report` and
+:func:`cost` both read it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from . import _validate
 from .masking import _prunable_modules, _weight_name
+from .train import eval_mode
+
+OTHER_OPS = "(other ops)"  # the cost_report row for FLOPs outside every Linear/Conv (attention matmuls)
+
+
+@torch.no_grad()
+def flop_counts(model: nn.Module, example_input: Tensor) -> dict[str, int]:
+    """FLOPs of ``model(example_input)`` per module, counted by ``FlopCounterMode``.
+
+    Keys are module names as in ``model.named_modules()``; ``""`` is the whole model. A
+    module's count includes its submodules' (the attention module's count holds its q/k/v/out
+    projections and the two attention matmuls). A multiply-add counts 2, for the whole
+    batch; norms, activations and masking are not counted. Runs once in eval mode, without
+    gradients; every module's train/eval mode is restored.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    from torch.utils.flop_counter import FlopCounterMode  # here: importing it imports Triton where installed
+
+    counter = FlopCounterMode(display=False)
+    with eval_mode(model), counter:
+        model(example_input)
+    root = type(model).__name__
+    out = {"": counter.get_total_flops()}
+    for key, per_op in counter.get_flop_counts().items():
+        if key.startswith(root + "."):
+            out[key[len(root) + 1:]] = sum(per_op.values())
+    return out
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameters and FLOPs (a multiply-add counts 2) of one forward pass."""
+
+    params: int
+    flops: int
+
+    def __str__(self) -> str:
+        return f"{self.params:,} params, {self.flops / 1e6:.2f} MFLOPs"
+
+
+def cost(model: nn.Module, example_input: Tensor) -> Cost:
+    """Parameters and FLOPs of ``model(example_input)`` (for the whole batch), e.g. of a shrunk model.
+
+    FLOPs are :func:`flop_counts`' total: every Linear/Conv and the attention matmuls
+    ``Q K^T`` and ``A V``; norms and activations are not counted. Works on shrunk models,
+    including attention layers with no heads left.
+    """
+    flops = flop_counts(model, example_input)[""]
+    return Cost(params=sum(p.numel() for p in model.parameters()), flops=flops)
 
 
 @dataclass(frozen=True)
@@ -35,11 +90,19 @@ class LayerCost:
 
     @property
     def sparsity(self) -> float:
-        return 1.0 - self.nonzeros / self.params
+        return 1.0 - self.nonzeros / self.params if self.params else 0.0
 
 
-def storage_bytes(weight: Tensor, index_bytes: int = 8) -> dict[str, int]:
-    """Bytes of ``weight`` (viewed as rows x columns) as dense, CSR and bitmask."""
+def storage_bytes(weight: Tensor, index_bytes: int = 4) -> dict[str, int]:
+    """Bytes of ``weight`` (viewed as rows x columns) as dense, CSR and bitmask.
+
+    CSR holds the nonzero values, one column index per nonzero and ``rows + 1`` row
+    pointers, each index ``index_bytes`` wide: 4 (int32, as
+    :func:`sparsekit.execute.to_layout` stores them; equal to
+    :func:`sparsekit.execute.layout_bytes` of that tensor) or 8 (int64, what
+    ``Tensor.to_sparse_csr`` builds).
+    """
+    index_bytes = _validate.integer(index_bytes, "index_bytes", low=1)
     w = weight.detach()
     w = w.reshape(w.shape[0], math.prod(w.shape[1:])) if w.dim() > 1 else w.reshape(1, w.numel())
     rows, _ = w.shape
@@ -52,56 +115,34 @@ def storage_bytes(weight: Tensor, index_bytes: int = 8) -> dict[str, int]:
     }
 
 
-Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]
-
-
-@torch.no_grad()
-def forward_with_hooks(model: nn.Module, example_input: Tensor, hooks: Sequence[tuple[nn.Module, Hook]]) -> None:
-    """One eval-mode forward pass of ``example_input`` with temporary forward hooks.
-
-    The hooks are removed and the model's train/eval mode restored afterwards, even if
-    the forward pass raises. The way every counter here observes shapes.
-    """
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-
-
 @torch.no_grad()
 def cost_report(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
     """One :class:`LayerCost` per Linear/Conv layer for a forward pass on ``example_input``.
 
-    FLOPs are per *batch* of ``example_input``: a Linear or Conv layer does one
-    multiply-add per weight per output position (``2 * weight.numel() * positions``).
+    FLOPs are per *batch* of ``example_input``, from :func:`flop_counts`: a Linear or Conv
+    layer does one multiply-add per weight per output position (``2 * weight.numel() *
+    positions``); *effective* FLOPs count only the nonzero weights. FLOPs outside every
+    Linear/Conv (the attention matmuls ``Q K^T`` and ``A V`` of a Transformer) get one
+    more row, named ``"(other ops)"`` with no parameters, so :func:`totals` equals
+    :func:`cost`'s FLOPs.
     """
     modules = _prunable_modules(model)
-    positions: dict[str, int] = {}
-
-    def hook(name: str):
-        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            # Linear: every leading dim is a position; Conv: batch x output spatial size.
-            out_features = output.shape[-1] if isinstance(module, nn.Linear) else output.shape[1]
-            positions[name] = output.numel() // out_features if out_features else 0  # a fully shrunk layer
-        return record
-
-    forward_with_hooks(model, example_input, [(m, hook(n)) for n, m in modules.items()])
+    counts = flop_counts(model, example_input)
     rows = []
     for name, module in modules.items():
         w = module.weight.detach()
-        n_pos = positions.get(name, 0)
         nnz = int((w != 0).sum())
+        flops = counts.get(name, 0)
         b = storage_bytes(w)
         rows.append(LayerCost(
             name=_weight_name(name), shape=tuple(w.shape), params=w.numel(), nonzeros=nnz,
-            dense_flops=2 * w.numel() * n_pos, effective_flops=2 * nnz * n_pos,
+            dense_flops=flops, effective_flops=flops * nnz // w.numel() if w.numel() else 0,
             dense_bytes=b["dense"], csr_bytes=b["csr"], bitmask_bytes=b["bitmask"],
         ))
+    other = counts[""] - sum(r.dense_flops for r in rows)
+    if other:
+        rows.append(LayerCost(name=OTHER_OPS, shape=(), params=0, nonzeros=0, dense_flops=other,
+                              effective_flops=other, dense_bytes=0, csr_bytes=0, bitmask_bytes=0))
     return rows
 
 

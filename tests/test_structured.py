@@ -73,7 +73,7 @@ def test_trace_follows_control_flow_and_keeps_mode() -> None:
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats did not move
     assert any(n.op == "call_method" and n.target == "unsqueeze" for n in graph.nodes)  # the 2-D branch
-    assert S.prune_channels(model, 0.5, X).conv.out_channels == 2
+    assert S.shrink_channels(model, 0.5, X).conv.out_channels == 2
     with pytest.raises(TypeError, match="example_input"):
         trace(model, [X])
     with pytest.raises(TypeError, match="model"):
@@ -149,10 +149,10 @@ def test_taylor_importance_matches_hand_computation() -> None:
 
 # --------------------------------------------------------------------------- shrinking
 
-def test_prune_channels_returns_smaller_copy_and_leaves_original() -> None:
+def test_shrink_channels_returns_smaller_copy_and_leaves_original() -> None:
     model = _randomize_bn(sk.models.CNN1d())
     before = _state(model)
-    small = S.prune_channels(model, 0.5, X)
+    small = S.shrink_channels(model, 0.5, X)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert (small.conv1.out_channels, small.conv2.in_channels, small.bn2.num_features) == (16, 16, 16)
     assert small.fc.in_features == 16 * 4 and small.fc.out_features == 10
@@ -165,7 +165,7 @@ def test_exact_through_batchnorm_with_zero_filters() -> None:
     model = _randomize_bn(sk.models.CNN1d(), positive_beta=True)
     with torch.no_grad():
         model.conv3.weight[::2] = 0.0  # 16 constant channels, each relu(bn(bias)) != 0 mostly
-    small = S.prune_channels(model, 0.5, X, layers=["conv3"])
+    small = S.shrink_channels(model, 0.5, X, layers=["conv3"])
     assert small.conv3.out_channels == 16
     assert torch.equal(small.conv3.weight, model.conv3.weight[1::2])  # exactly the zero filters went
     with torch.no_grad():
@@ -180,7 +180,7 @@ def test_exact_with_zero_gamma_and_bn_score() -> None:
     model = _randomize_bn(sk.models.CNN1d(), positive_beta=True)
     with torch.no_grad():
         model.bn3.weight[:8] = 0.0
-    small = S.prune_channels(model, 0.25, X, layers=["conv3"], score="bn")
+    small = S.shrink_channels(model, 0.25, X, layers=["conv3"], score="bn")
     assert small.conv3.out_channels == 24
     with torch.no_grad():
         assert (model(X) - small(X)).abs().max().item() <= 1e-5
@@ -191,7 +191,7 @@ def test_folding_into_zero_padded_conv_warns() -> None:
     with torch.no_grad():
         model.conv1.weight[:16] = 0.0
     with pytest.warns(UserWarning, match="zero-pads"):
-        S.prune_channels(model, 0.5, X, layers=["conv1"])
+        S.shrink_channels(model, 0.5, X, layers=["conv1"])
 
 
 def _zero_consumer_columns(model: nn.Module, frac: float, groups_pruned: list) -> nn.Module:
@@ -222,7 +222,7 @@ def test_pruning_equals_zeroing_the_consumer_inputs(name: str, frac: float, seed
     """Property: removing channels == keeping them but cutting every edge that reads them."""
     torch.manual_seed(seed)
     model = _randomize_bn(sk.models.build(name), seed)
-    small = S.prune_channels(model, frac, X)
+    small = S.shrink_channels(model, frac, X)
     pruned = [g for g in channel_groups(model, X) if g.prunable]
     ref = _zero_consumer_columns(model, frac, pruned)
     with torch.no_grad():
@@ -238,14 +238,14 @@ def test_residual_group_pruned_together_by_summed_importance() -> None:
     scores = {"stem": torch.tensor([9.0, 9, 9, 9, 0, 0, 0, 0]),
               "blocks.0.conv2": torch.tensor([0.0, 0, 0, 0, 5, 5, 5, 5]),
               "blocks.1.conv2": torch.tensor([0.0, 0, 0, 0, 5, 5, 5, 5])}
-    small = S.prune_channels(model, 0.5, X, layers=["stem"], score=scores)
+    small = S.shrink_channels(model, 0.5, X, layers=["stem"], score=scores)
     for name in members:
         assert torch.equal(small.get_submodule(name).weight, model.get_submodule(name).weight[4:])
     assert small.blocks[0].conv1.in_channels == small.blocks[1].conv1.in_channels == small.fc.in_features == 4
     assert small.blocks[0].conv1.out_channels == 8  # not in the group: untouched
     assert small(X).shape == (16, 10)
     with pytest.raises(ValueError, match="share one sparsity"):
-        S.prune_channels(model, {"stem": 0.5, "blocks.0.conv2": 0.25}, X)
+        S.shrink_channels(model, {"stem": 0.5, "blocks.0.conv2": 0.25}, X)
 
 
 def test_residual_group_exact_when_removed_channels_are_zero() -> None:
@@ -256,7 +256,7 @@ def test_residual_group_exact_when_removed_channels_are_zero() -> None:
         for bn in [model.stem_bn, model.blocks[0].bn2, model.blocks[1].bn2]:
             bn.running_mean[6:] = 0.0
             bn.bias[6:] = -1.0  # relu(bn(0)) == 0 along the whole residual stream
-    small = S.prune_channels(model, 0.25, X, layers=["blocks.1.conv2"])
+    small = S.shrink_channels(model, 0.25, X, layers=["blocks.1.conv2"])
     assert small.stem.out_channels == 6
     with torch.no_grad():
         assert (model(X) - small(X)).abs().max().item() <= 1e-5
@@ -266,18 +266,18 @@ def test_global_scope() -> None:
     model = _randomize_bn(sk.models.CNN1d())
     with torch.no_grad():
         model.bn2.weight.mul_(1e-4)  # conv2's channels all look unimportant globally
-    small = S.prune_channels(model, 0.25, X, score="bn", scope="global")
+    small = S.shrink_channels(model, 0.25, X, score="bn", scope="global")
     total = sum(small.get_submodule(n).out_channels for n in ("conv1", "conv2", "conv3"))
     assert total == 96 - 24
     assert small.conv2.out_channels == 32 - 24
     with pytest.raises(ValueError, match="every channel"):
-        S.prune_channels(model, 0.4, X, score="bn", scope="global")
+        S.shrink_channels(model, 0.4, X, score="bn", scope="global")
 
 
 def test_masked_model_is_baked_in_the_copy() -> None:
     model = sk.models.CNN1d()
     sk.apply_masks(model, sk.select_masks(sk.scores.magnitude(model), 0.5))
-    small = S.prune_channels(model, 0.5, X)
+    small = S.shrink_channels(model, 0.5, X)
     assert sk.get_masks(model) and not sk.get_masks(small)
     assert model(X).shape == small(X).shape
 
@@ -298,7 +298,7 @@ def test_conv2d_and_flatten_method() -> None:
     with torch.no_grad():
         net.c1.weight[:3] = 0.0
         net.c1.bias[:3] = 0.5
-    small = S.prune_channels(net, 0.5, x)
+    small = S.shrink_channels(net, 0.5, x)
     assert small.c1.out_channels == 3 and small.fc.in_features == 48
     with torch.no_grad():
         assert (net(x) - small(x)).abs().max().item() <= 1e-5
@@ -318,30 +318,30 @@ def test_conv2d_and_flatten_method() -> None:
     ({"sparsity": 0.5, "score": {"conv1": torch.ones(3)}, "layers": ["conv1"]}, ValueError, "3 entries"),
     ({"sparsity": 0.5, "score": {"conv1": torch.ones(32)}, "layers": ["conv2"]}, ValueError, "no entry"),
 ])
-def test_prune_channels_bad_input(kwargs: dict, error: type, match: str) -> None:
+def test_shrink_channels_bad_input(kwargs: dict, error: type, match: str) -> None:
     sparsity = kwargs.pop("sparsity")
     with pytest.raises(error, match=match):
-        S.prune_channels(sk.models.CNN1d(), sparsity, X, **kwargs)
+        S.shrink_channels(sk.models.CNN1d(), sparsity, X, **kwargs)
 
 
 def test_unsupported_pattern_names_the_module() -> None:
     with pytest.raises(ValueError, match="'embed'.*add"):
-        S.prune_channels(sk.models.TinyTransformer(), 0.5, X)
+        S.shrink_channels(sk.models.TinyTransformer(), 0.5, X)
     with pytest.raises(TypeError, match="model"):
-        S.prune_channels("cnn", 0.5, X)  # type: ignore[arg-type]
+        S.shrink_channels("cnn", 0.5, X)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="bn"):
-        S.prune_channels(sk.models.MLP(), 0.5, X, score="bn")
+        S.shrink_channels(sk.models.MLP(), 0.5, X, score="bn")
     # the Transformer's MLP hidden units are a prunable group
-    small = S.prune_channels(sk.models.TinyTransformer(), 0.5, X, layers=["layers.0.fc1"])
+    small = S.shrink_channels(sk.models.TinyTransformer(), 0.5, X, layers=["layers.0.fc1"])
     assert small.layers[0].fc1.out_features == 64 and small.layers[0].fc2.in_features == 64
 
 
 # --------------------------------------------------------------------------- heads
 
-def test_prune_heads_equals_masking_heads() -> None:
+def test_shrink_heads_equals_masking_heads() -> None:
     torch.manual_seed(0)
     model = sk.models.TinyTransformer(num_heads=4).eval()
-    small = S.prune_heads(model, {0: [1, 3], 1: [0, 1, 2, 3]})
+    small = S.shrink_heads(model, {0: [1, 3], 1: [0, 1, 2, 3]})
     masks = [torch.tensor([1.0, 0, 1, 0]), torch.zeros(4)]
     with torch.no_grad():
         assert torch.allclose(model(X, head_masks=masks), small(X), atol=1e-6)
@@ -353,15 +353,15 @@ def test_prune_heads_equals_masking_heads() -> None:
     assert cd.params - cs.params == 6 * 3 * (16 * 64 + 16) + 6 * 16 * 64
 
 
-def test_prune_heads_bad_input() -> None:
+def test_shrink_heads_bad_input() -> None:
     model = sk.models.TinyTransformer(num_heads=4)
     for bad in ({2: [0]}, {0: [4]}, {0: [1, 1]}, {-1: [0]}):
         with pytest.raises(ValueError, match="heads_to_prune"):
-            S.prune_heads(model, bad)
+            S.shrink_heads(model, bad)
     with pytest.raises(TypeError, match="mapping"):
-        S.prune_heads(model, [0, 1])  # type: ignore[arg-type]
+        S.shrink_heads(model, [0, 1])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="MultiHeadSelfAttention"):
-        S.prune_heads(sk.models.MLP(), {0: [0]})
+        S.shrink_heads(sk.models.MLP(), {0: [0]})
 
 
 def test_head_importance_is_mean_abs_gate_gradient() -> None:
@@ -381,7 +381,7 @@ def test_head_importance_is_mean_abs_gate_gradient() -> None:
     normed = S.head_importance(model, X, y, batch_size=8)
     assert all(torch.isclose(s.norm(), torch.tensor(1.0)) for s in normed)
     assert [len(s) for s in S.head_magnitude(model)] == [4, 4]
-    emptied = S.prune_heads(model, {1: [0, 1, 2, 3]})  # a layer with no heads left still scores
+    emptied = S.shrink_heads(model, {1: [0, 1, 2, 3]})  # a layer with no heads left still scores
     assert [len(s) for s in S.head_magnitude(emptied)] == [4, 0]
     assert [len(s) for s in S.head_importance(emptied, X, y)] == [4, 0]
 
@@ -401,12 +401,11 @@ def test_cost_counts_linear_conv_and_attention() -> None:
     c = S.cost(mlp, X)
     assert c.flops == 2 * 16 * (40 * 256 + 256 * 256 + 256 * 10)
     assert c.params == sk.models.count_parameters(mlp)
-    cnn = sk.models.CNN1d()
-    rows = sk.report.cost_report(cnn, X)
-    assert S.cost(cnn, X).flops == sk.report.totals(rows)["dense_flops"]
     tr = sk.models.TinyTransformer(d_model=64, num_heads=4, num_layers=2)
-    linear = sum(r.dense_flops for r in sk.report.cost_report(tr, X))
-    assert S.cost(tr, X).flops - linear == 2 * 2 * 2 * 16 * 4 * 10 * 10 * 16
+    linear = sum(2 * 16 * 10 * m.weight.numel() for n, m in tr.named_modules()
+                 if isinstance(m, nn.Linear) and n != "head") + 2 * 16 * tr.head.weight.numel()
+    assert S.cost(tr, X).flops - linear == 2 * 2 * 2 * 16 * 4 * 10 * 10 * 16  # layers * (QK^T, AV) * b h t t d
+    assert S.cost is sk.report.cost  # one FLOP counter for the chapter and the report
     with pytest.raises(TypeError, match="model"):
         S.cost(None, X)  # type: ignore[arg-type]
 
@@ -417,3 +416,95 @@ def test_random_importance_seed_must_be_an_int():
         S.random_importance(model, None)
     a, b = S.random_importance(model, 3), S.random_importance(model, 3)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_package_modules_name_their_pipeline_steps() -> None:
+    from sparsekit.structured import heads, importance, shrink
+    assert "score" in S.__doc__ and "select" in S.__doc__ and "finalize = shrink" in S.__doc__
+    for module, step in ((importance, "*score*"), (shrink, "*finalize*"), (heads, "*finalize*")):
+        assert step in module.__doc__.splitlines()[0]
+    assert S.shrink_channels is shrink.shrink_channels and S.shrink_heads is heads.shrink_heads
+    assert not hasattr(S, "prune_channels") and not hasattr(S, "prune_heads")
+
+
+# --------------------------------------------------------------------------- modes and devices
+
+def _frozen_bn_cnn() -> nn.Module:
+    """A training-mode CNN whose first BatchNorm the user froze (``bn.eval()``)."""
+    model = sk.models.CNN1d(channels=(8, 8, 8)).train()
+    model.bn1.eval()
+    return model
+
+
+def _modes(model: nn.Module) -> dict[str, bool]:
+    return {n: m.training for n, m in model.named_modules()}
+
+
+def test_frozen_batchnorm_stays_frozen() -> None:
+    model = _frozen_bn_cnn()
+    before = _modes(model)
+    assert before["bn1"] is False and before[""] is True
+    y = torch.randint(0, 10, (16,))
+    S.channel_groups(model, X)
+    assert _modes(model) == before
+    S.bn_importance(model, X)
+    assert _modes(model) == before
+    S.taylor_importance(model, X, y, batch_size=8)
+    assert _modes(model) == before
+    small = S.shrink_channels(model, 0.5, X)
+    assert _modes(model) == before and _modes(small) == before
+    S.cost(model, X)
+    assert _modes(model) == before
+    tr = sk.models.TinyTransformer(num_heads=4).train()
+    tr.layers[0].ln1.eval()
+    tr_before = _modes(tr)
+    S.head_importance(tr, X, y, batch_size=8)
+    assert _modes(tr) == tr_before
+
+
+def test_importance_inside_no_grad() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 4), nn.ReLU(), nn.Linear(4, 10))
+    tr = sk.models.TinyTransformer(num_heads=4)
+    y = torch.randint(0, 10, (16,))
+    plain, heads = S.taylor_importance(model, X, y), S.head_importance(tr, X, y)
+    with torch.no_grad():
+        quiet, quiet_heads = S.taylor_importance(model, X, y), S.head_importance(tr, X, y)
+    assert all(torch.equal(plain[k], quiet[k]) for k in plain)
+    assert all(torch.equal(a, b) for a, b in zip(heads, quiet_heads, strict=True))
+
+
+def test_head_importance_on_the_model_device() -> None:
+    model = sk.models.TinyTransformer(num_heads=4).to("meta")  # any device but the CPU
+    x, y = torch.empty(16, 40, device="meta"), torch.zeros(16, dtype=torch.long, device="meta")
+    scores = S.head_importance(model, x, y, batch_size=8)
+    assert [(s.device.type, tuple(s.shape)) for s in scores] == [("meta", (4,)), ("meta", (4,))]
+    taylor = S.taylor_importance(model, x, y, batch_size=8)
+    assert {s.device.type for s in taylor.values()} == {"meta"}
+
+
+def test_gate_gradients_is_dL_dgate_per_batch() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 3)
+    gate = torch.ones(3, requires_grad=True)
+    y = torch.randint(0, 3, (16,))
+    out = S.gate_gradients(lin, [gate], lambda x: lin(x) * gate, X, y, batch_size=10)
+    assert [n for _, n in out] == [10, 6]
+    for (grads, _), sl in zip(out, (slice(0, 10), slice(10, 16)), strict=True):
+        g = torch.ones(3, requires_grad=True)
+        expect, = torch.autograd.grad(F.cross_entropy(lin(X[sl]) * g, y[sl]), [g])
+        assert torch.equal(grads[0], expect)
+    assert gate.grad is None and lin.weight.grad is None
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        S.gate_gradients(lin, [gate], lin, X, y, batch_size=0)
+    with pytest.raises(ValueError, match="non-empty and equally long, got 16, 3"):
+        S.gate_gradients(lin, [gate], lin, X, y[:3])
+
+
+def test_random_importance_matches_its_seed_and_refuses_none() -> None:
+    model = sk.models.CNN1d(channels=(4, 4, 4))
+    for bad in (None, 1.5, True, "0"):
+        with pytest.raises(TypeError, match=r"seed must be an int \(a seed\), got"):
+            S.random_importance(model, bad)  # type: ignore[arg-type]
+    assert not all(torch.equal(a, b) for a, b in zip(S.random_importance(model, 0).values(),
+                                                     S.random_importance(model, 1).values(), strict=True))

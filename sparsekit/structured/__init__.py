@@ -1,0 +1,47 @@
+"""Structured pruning: remove whole channels, filters and attention heads.
+
+Unstructured pruning zeroes single weights; the tensor keeps its shape, and a dense
+kernel does the same work as before. Structured pruning removes a whole output channel
+of a layer (a row of a Linear weight, a filter of a Conv) and everything that only
+existed to compute or consume it, so what is left is a **smaller dense model** that
+runs faster on any hardware. The pipeline steps, one module each:
+
+* *score* (:mod:`~sparsekit.structured.importance`; one score per output channel,
+  larger = keep): :func:`l1_importance` (Li et al. 2017), :func:`bn_importance`
+  (network slimming, Liu et al. 2017, trained with :func:`slimming_loss` or
+  :func:`slimming_hook`), :func:`taylor_importance` (Molchanov et al. 2019),
+  :func:`random_importance`;
+* *select* and *finalize = shrink* (:mod:`~sparsekit.structured.shrink`):
+  :func:`shrink_channels` plans which channels go and returns a new, physically smaller
+  model, leaving the original untouched. The channel dependencies (BatchNorm, the next
+  layer's input, residual groups) come from the model's ``torch.fx`` graph
+  (:func:`channel_groups`, :mod:`sparsekit.graph`, after DepGraph, Fang et al. 2023);
+* attention heads (:mod:`~sparsekit.structured.heads`): score with
+  :func:`head_importance` (Michel et al. 2019) or :func:`head_magnitude`, select with
+  :func:`select_heads`, finalize with :func:`shrink_heads` (a new, smaller model);
+* what it saves: :func:`cost` counts parameters and FLOPs (``FlopCounterMode``, the same
+  count as :func:`sparsekit.report.cost_report`).
+"""
+
+from __future__ import annotations
+
+from ..report import Cost, cost
+from .heads import attention_layers, head_importance, head_magnitude, select_heads, shrink_heads
+from .importance import (
+    LossFn,
+    bn_importance,
+    bn_l1_penalty,
+    gate_gradients,
+    l1_importance,
+    random_importance,
+    slimming_hook,
+    slimming_loss,
+    taylor_importance,
+)
+from .shrink import CHANNEL_SCORES, channel_groups, shrink_channels
+
+__all__ = [
+    "CHANNEL_SCORES", "Cost", "LossFn", "attention_layers", "bn_importance", "bn_l1_penalty", "channel_groups",
+    "cost", "gate_gradients", "head_importance", "head_magnitude", "l1_importance", "random_importance",
+    "select_heads", "shrink_channels", "shrink_heads", "slimming_hook", "slimming_loss", "taylor_importance",
+]
