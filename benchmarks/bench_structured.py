@@ -1,7 +1,7 @@
 """CPU benchmark: a channel-pruned CNN is a smaller *dense* model, so it is faster anywhere.
 
 Removes 50 % of the output channels of every hidden layer of the MNIST-1D CNN
-(``sparsekit.models.CNN1d``, L1 filter norms, ``sk.structured.prune_channels``) at several
+(``sparsekit.models.CNN1d``, L1 filter norms, ``sk.structured.shrink_channels``) at several
 widths and compares parameters, FLOPs and measured latency (batch 256) of the dense and the
 shrunk model. Both are measured as deployed: in eval mode with every BatchNorm folded into
 the convolution before it (``torch.fx.experimental.optimization.fuse``; ``--no-fuse`` keeps
@@ -42,7 +42,7 @@ def measure(width: int, sparsity: float, x: torch.Tensor, rounds: int, folded: b
     """Costs and paired latencies of CNN1d(width) and its channel-pruned copy."""
     sk.seed_everything(0)
     dense = sk.models.CNN1d(channels=(width,) * 3).eval()
-    small = sk.structured.prune_channels(dense, sparsity, x[:8]).eval()
+    small = sk.structured.shrink_channels(dense, sparsity, x[:8]).eval()
     cd, cs = sk.structured.cost(dense, x), sk.structured.cost(small, x)
     if folded:
         fused = fuse(dense), fuse(small)

@@ -231,7 +231,7 @@ def test_cost_report_counts_flops_and_bytes():
     assert (first.name, first.shape, first.params, first.nonzeros) == ("0.weight", (3, 4), 12, 4)
     assert first.dense_flops == 2 * 12 * 5 and first.effective_flops == 2 * 4 * 5
     assert first.dense_bytes == 48
-    assert first.csr_bytes == 4 * (4 + 8) + 4 * 8
+    assert first.csr_bytes == 4 * (4 + 4) + 4 * 4
     assert first.bitmask_bytes == 2 + 4 * 4
     assert first.sparsity == pytest.approx(2 / 3)
     t = report.totals(rows)
@@ -256,7 +256,7 @@ def test_cost_report_zero_width_layer():
 
 def test_storage_bytes_dense_tensor():
     b = report.storage_bytes(torch.ones(2, 3))
-    assert b == {"dense": 24, "csr": 6 * 12 + 3 * 8, "bitmask": 1 + 24}
+    assert b == {"dense": 24, "csr": 6 * 8 + 3 * 4, "bitmask": 1 + 24}
 
 
 # --- timing -------------------------------------------------------------------------
