@@ -578,3 +578,16 @@ def test_current_mask_is_the_mask_applied_and_finalize_uses_it(monkeypatch):
     monkeypatch.setattr(mv.ScoreMask, "current_mask", spy)
     masks = mv.finalize(model)
     assert calls == [sm] and int((~masks["0.weight"]).sum()) == 96
+
+
+def test_schedule_uses_the_library_cubic_schedule(monkeypatch):
+    calls = []
+
+    def spy(step, final_sparsity, **kwargs):
+        calls.append((step, kwargs["begin_step"], kwargs["end_step"]))
+        return sk.cubic_sparsity(step, final_sparsity, **kwargs)
+
+    monkeypatch.setattr(mv, "cubic_sparsity", spy)
+    schedule = mv.Schedule(0.9, 100, warmup=0.1, cooldown=0.3)
+    assert schedule(40) == sk.cubic_sparsity(40, 0.9, begin_step=10, end_step=70)
+    assert calls == [(40, 10, 70)]

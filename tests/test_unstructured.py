@@ -198,3 +198,15 @@ def test_apply_iterative_pruning_uses_the_library_geometric_schedule(monkeypatch
     assert calls == [(0.9, 2)]
     assert reached == sk.select.geometric_schedule(0.9, 2) and reached[-1] == 0.9
     assert_exactly_pruned(model, round(0.9 * TOTAL))
+
+
+def test_gradual_pruning_uses_the_library_cubic_schedule(monkeypatch):
+    calls = []
+
+    def spy(step, final_sparsity, **kwargs):
+        calls.append(step)
+        return sk.cubic_sparsity(step, final_sparsity, **kwargs)
+
+    monkeypatch.setattr(un, "cubic_sparsity", spy)
+    hook = un.GradualPruning(0.8, begin_step=2, end_step=10, every=4)
+    assert hook.sparsity_at(6) == sk.cubic_sparsity(6, 0.8, begin_step=2, end_step=10) and 6 in calls
