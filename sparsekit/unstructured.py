@@ -32,8 +32,9 @@ DEFAULT_MIN_KEEP = 0.01
 """Global pruning keeps at least this fraction (1 %) of every layer's weights by default."""
 
 
-def apply_pruning(model: nn.Module, sparsity: float, scope: str = "global", *,
-          scores: Mapping[str, Tensor] | None = None, min_keep: float = DEFAULT_MIN_KEEP) -> dict[str, Tensor]:
+def apply_magnitude_pruning(model: nn.Module, sparsity: float, scope: str = "global", *,
+                            scores: Mapping[str, Tensor] | None = None,
+                            min_keep: float = DEFAULT_MIN_KEEP) -> dict[str, Tensor]:
     """Prune ``model`` in place to ``sparsity`` by ``scores`` (default ``|w|``); return its masks.
 
     Han et al. 2015: remove the weights of smallest magnitude. ``scope="layer"`` prunes
@@ -68,7 +69,7 @@ def fine_tune(model: nn.Module, train_loader: DataLoader, *, epochs: int | None 
     """
     before = get_masks(model)
     if not before:
-        raise ValueError("model has no masks: prune it (apply_pruning or apply_masks) before fine_tune, "
+        raise ValueError("model has no masks: prune it (apply_magnitude_pruning or apply_masks) before fine_tune, "
                          "otherwise zeroed weights regrow")
     history = train(model, train_loader, epochs=epochs, steps=steps, lr=lr, **train_kwargs)  # type: ignore[arg-type]
     after = get_masks(model)
@@ -91,7 +92,7 @@ def apply_iterative_pruning(model: nn.Module, train_loader: DataLoader, final_sp
     schedule = geometric_schedule(final_sparsity, rounds)
     epochs_per_round = _validate.positive_int(epochs_per_round, "epochs_per_round")
     for r, s in enumerate(schedule, start=1):
-        apply_pruning(model, s, scope, min_keep=min_keep)
+        apply_magnitude_pruning(model, s, scope, min_keep=min_keep)
         fine_tune(model, train_loader, epochs=epochs_per_round, lr=lr, progress=progress,
                   desc=f"round {r}/{rounds}", **train_kwargs)
     return schedule
@@ -130,7 +131,7 @@ class GradualPruning:
         if (step - self.begin_step) % self.every and step != self.end_step:
             return
         s = self.sparsity_at(step)
-        apply_pruning(model, s, self.scope, min_keep=self.min_keep)
+        apply_magnitude_pruning(model, s, self.scope, min_keep=self.min_keep)
         self.schedule.append((step, s))
 
 
