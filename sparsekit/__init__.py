@@ -26,6 +26,7 @@ from .masking import (
     remove_masks,
     sparsity,
 )
+from .rewinding import rewind, snapshot
 from .seeding import seed_everything, seeds
 from .select import cubic_sparsity, imp_sparsity, select_masks
 
@@ -33,12 +34,13 @@ __version__ = "0.1.0"
 
 # Chapter modules, imported on first attribute access.
 _LAZY_MODULES = (
-    "at_init", "execute", "graph", "kernels", "lottery", "movement", "nm", "pretrained", "structured", "unstructured",
+    "at_init", "connectivity", "execute", "graph", "kernels", "lottery", "movement", "nm", "pretrained",
+    "structured", "unstructured",
 )
 # Top-level names that live in a chapter module: name -> module.
 _LAZY_NAMES = {
     "nm_mask": "nm", "is_nm": "nm", "compress_24": "nm", "decompress_24": "nm",
-    "prune_at_init": "at_init", "layer_collapse": "at_init",
+    "at_init_masks": "at_init", "layer_collapse": "at_init",
 }
 
 
@@ -57,6 +59,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "apply_masks", "bench", "cubic_sparsity", "data", "effective_weights", "get_masks",
     "imp_sparsity", "load_masked_state_dict", "models", "prunable_weights", "remove_masks",
-    "report", "scores", "seed_everything", "seeds", "select", "select_masks", "sparsity", "train", "viz",
+    "report", "rewind", "scores", "seed_everything", "seeds", "select", "select_masks", "snapshot", "sparsity",
+    "train", "viz",
     *_LAZY_MODULES, *_LAZY_NAMES,
 ]

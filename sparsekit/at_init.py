@@ -1,11 +1,12 @@
-"""Pruning at initialization: score once (or a few times) before training, then train.
+"""Pruning at initialization: the *score* and *select* steps, once or a few times, before *train*.
 
 SNIP (Lee et al. 2019), GraSP (Wang et al. 2020) and SynFlow (Tanaka et al. 2020) all
 follow the book's pipeline with the training step moved to the end::
 
     fresh model -> score (sparsekit.scores) -> select (global top-k) -> mask -> train
 
-:func:`prune_at_init` runs that for any of the five criteria, one-shot or iteratively.
+:func:`at_init_masks` runs that for any of the five criteria, one-shot or iteratively
+(pure: it returns masks and leaves the model unchanged; ``sk.apply_masks`` applies them).
 Iterating matters for SynFlow: Tanaka et al. prune in 100 rounds on an exponential
 schedule, re-scoring the masked network each round, so that a layer whose weights are
 nearly gone gets *larger* scores (the flow through it concentrates on fewer weights)
@@ -32,7 +33,7 @@ from .select import _check_sparsity, geometric_schedule, select_masks
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 METHODS: tuple[str, ...] = ("random", "magnitude", "snip", "grasp", "synflow")
-"""The criteria :func:`prune_at_init` knows."""
+"""The criteria :func:`at_init_masks` knows."""
 
 DEFAULT_ROUNDS: dict[str, int] = {"synflow": 100}
 """Rounds used when ``rounds`` is not given (Tanaka et al. 2020 use 100); others: 1."""
@@ -55,18 +56,15 @@ def score(model: nn.Module, method: str, *, inputs: Tensor | None = None, target
 
     ``"random"`` uses ``seed``; ``"magnitude"`` needs nothing; ``"snip"`` and ``"grasp"``
     need a labelled batch; ``"synflow"`` only uses ``inputs`` for its shape. ``masks``:
-    score as if these masks were applied too (the model is not touched); entries they
-    prune score 0 for magnitude, SNIP and SynFlow.
+    score as if these masks were applied too (the model is not touched; the ``masks=``
+    argument every score function takes): entries they prune score 0.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "random":
-        return _scores.random(model, seed)
+        return _scores.random(model, seed, masks=masks)
     if method == "magnitude":
-        s = _scores.magnitude(model)
-        for name, m in _scores._check_extra_masks(model, masks).items():
-            s[name] = s[name].masked_fill(~m.to(s[name].device), 0.0)
-        return s
+        return _scores.magnitude(model, masks=masks)
     if inputs is None:
         raise ValueError(f"method={method!r} needs inputs (a batch, or an example for 'synflow')")
     if method == "synflow":
@@ -77,7 +75,7 @@ def score(model: nn.Module, method: str, *, inputs: Tensor | None = None, target
     return fn(model, inputs, targets, loss_fn, masks=masks)
 
 
-def prune_at_init(
+def at_init_masks(
     model: nn.Module,
     method: str,
     sparsity: float,
@@ -131,11 +129,11 @@ def pruning_path(
     """The masks after *every* round of iterative pruning to ``sparsity``.
 
     Entry ``k`` (0-based) reaches ``geometric_schedule(sparsity, rounds)[k]`` and is
-    what ``prune_at_init(model, method, that sparsity, rounds=k + 1)`` returns: the
+    what ``at_init_masks(model, method, that sparsity, rounds=k + 1)`` returns: the
     schedule shrinks the density by the same factor every round, so stopping after
     ``k + 1`` rounds is the same as aiming lower with fewer rounds. One run therefore
     gives a whole compression sweep, and the round at which a layer first collapses.
-    Arguments as in :func:`prune_at_init`.
+    Arguments as in :func:`at_init_masks`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

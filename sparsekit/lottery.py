@@ -1,4 +1,7 @@
-"""Iterative magnitude pruning (IMP) with rewinding, its controls, and linear mode connectivity.
+"""Iterative magnitude pruning (IMP) with rewinding, and its controls.
+
+The whole pipeline, repeated: score (``|W_T|``) -> select (:func:`imp_masks`) -> mask ->
+rewind -> train, round after round.
 
 The lottery ticket hypothesis (Frankle & Carbin 2019): a randomly initialised dense
 network contains a sparse subnetwork (a *winning ticket*) that, trained in isolation from
@@ -16,14 +19,14 @@ After ``n`` rounds a fraction ``(1 - rate) ** n`` of the weights remains
 (:func:`sparsekit.imp_sparsity`). The controls ask what the ticket owes to its
 *initial values* (:func:`random_reinit`: same mask, fresh initialisation) and to its
 *structure* (:func:`random_mask`: same per-layer sparsity, random positions, same
-initial values). :func:`instability` measures linear mode connectivity: train two copies
-from the same rewind point on different data orders and find the error barrier on the
-straight line between them (Frankle et al. 2020, Definition 1).
+initial values). Snapshots and rewinding are core (:mod:`sparsekit.rewinding`); linear
+mode connectivity, which explains when rewinding to ``k > 0`` is needed, has its own
+module (:mod:`sparsekit.connectivity`).
 
 Main entry point::
 
     result = sk.lottery.imp(lambda: sk.models.MLP(), splits, rounds=10, rate=0.2, steps=300)
-    result.remaining(), result.test_acc()
+    result.remaining, result.test_acc, result.early_stop_test_acc
 
 Every run is seeded: the model comes from ``model_fn()`` right after
 ``sk.seed_everything(seed)``, and each training run draws its batches from a loader seeded
@@ -32,7 +35,7 @@ with ``data_seed``, so the same call gives bit-identical results on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -41,10 +44,11 @@ from torch import Tensor, nn
 from . import _validate
 from . import data as _data
 from . import scores as _scores
-from .masking import apply_masks, get_masks, plain_state_keys, prunable_weights
+from .masking import apply_masks, get_masks, prunable_weights
 from .masking import sparsity as _sparsity
+from .rewinding import rewind, snapshot
 from .seeding import seed_everything
-from .select import random_masks_like, select_masks
+from .select import imp_sparsity, random_masks_like, select_masks
 from .train import History, evaluate, train
 
 ModelFn = Callable[[], nn.Module]
@@ -54,66 +58,7 @@ _REINIT_SEED_OFFSET = 7919  # the random-reinit control draws its init from seed
 _MASK_SEED_OFFSET = 104729  # the random-mask control draws its positions from seed + this
 
 
-# --- snapshots and rewinding ---------------------------------------------------------
-
-
-def snapshot(model: nn.Module) -> dict[str, Tensor]:
-    """Every parameter and buffer of ``model`` (detached clones), keyed by *plain* names.
-
-    Masked weights are stored under their plain name (``"0.weight"``, the stored original,
-    which is zero where pruned); the parametrizations' own state (masks, N:M STE counters,
-    movement scores, whatever their position) is left out
-    (:func:`sparsekit.masking.plain_state_keys`). The result can be loaded into
-    the same architecture masked or unmasked with :func:`rewind`.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    out: dict[str, Tensor] = {}
-    plain_of = plain_state_keys(model)
-    for key, value in model.state_dict().items():
-        plain = plain_of[key]
-        if plain is not None:
-            out[plain] = value.detach().clone()
-    return out
-
-
-@torch.no_grad()
-def rewind(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Reset every parameter and buffer to ``state`` (from :func:`snapshot`), keeping the masks.
-
-    This is the rewinding step of IMP (Frankle & Carbin 2019, step 4; to iteration ``k``:
-    Frankle et al. 2020): surviving weights get exactly their saved values, pruned weights
-    stay exactly zero. ``state`` must have exactly the model's plain names and shapes.
-    """
-    if not isinstance(state, Mapping):
-        raise TypeError(f"state must be a mapping name -> Tensor, got {type(state).__name__}")
-    targets = {}
-    plain_of = plain_state_keys(model)
-    for key, value in model.state_dict(keep_vars=True).items():
-        plain = plain_of[key]
-        if plain is not None:
-            targets[plain] = value
-    missing, extra = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
-    if missing or extra:
-        raise ValueError(f"state does not match the model: missing {missing}, unexpected {extra}")
-    for name, target in targets.items():
-        value = state[name]
-        if not isinstance(value, Tensor):
-            raise TypeError(f"state[{name!r}] must be a Tensor, got {type(value).__name__}")
-        if value.shape != target.shape:
-            raise ValueError(f"state[{name!r}] has shape {tuple(value.shape)}, the model has {tuple(target.shape)}")
-        target.copy_(value)
-    masks = get_masks(model)
-    weights = prunable_weights(model)
-    for name, mask in masks.items():
-        weights[name].masked_fill_(~mask.to(weights[name].device), 0.0)
-
-
 # --- the pruning step ----------------------------------------------------------------
-
-
-def _check_rate(rate: object, name: str) -> float:
-    return _validate.fraction(rate, name)
 
 
 def output_layer(model: nn.Module) -> str:
@@ -124,7 +69,7 @@ def output_layer(model: nn.Module) -> str:
     return names[-1]
 
 
-def prune_masks(
+def imp_masks(
     model: nn.Module,
     rate: float,
     *,
@@ -146,7 +91,7 @@ def prune_masks(
     Raises ``ValueError`` when a step would remove every remaining weight of a tensor
     (or of the global group): an empty layer disconnects the network.
     """
-    rate = _check_rate(rate, "rate")
+    rate = _validate.fraction(rate, "rate")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     weights = prunable_weights(model)
@@ -154,7 +99,7 @@ def prune_masks(
     for name, r in layer_rates.items():
         if name not in weights:
             raise ValueError(f"layer_rates has unknown weight name {name!r}; allowed: {', '.join(weights)}")
-        layer_rates[name] = _check_rate(r, f"layer_rates[{name!r}]")
+        layer_rates[name] = _validate.fraction(r, f"layer_rates[{name!r}]")
     current = get_masks(model)
     scores = _scores.magnitude(model)
     full = {n: current.get(n, torch.ones_like(w, dtype=torch.bool)) for n, w in weights.items()}
@@ -225,20 +170,27 @@ class IMPResult:
     eval_every: int = 25
     optimizer_fn: OptimizerFn | None = field(default=None, repr=False)
 
+    # Per-round views, named as the Round fields they gather: ``result.test_acc[r]`` is
+    # ``result.rounds[r].test_acc``. Properties, like ``Round.remaining``: one form for both.
+
+    @property
     def remaining(self) -> list[float]:
-        """Fraction of weights remaining after each round."""
+        """Fraction of weights remaining after each round (``Round.remaining``)."""
         return [r.remaining for r in self.rounds]
 
-    def test_acc(self, at: str = "end") -> list[float]:
-        """Test accuracy per round, at the ``"end"`` of training or at ``"early_stop"``."""
-        if at == "end":
-            return [r.test_acc for r in self.rounds]
-        if at == "early_stop":
-            return [r.early_stop_test_acc for r in self.rounds]
-        raise ValueError(f"at must be 'end' or 'early_stop', got {at!r}")
+    @property
+    def test_acc(self) -> list[float]:
+        """Test accuracy at the end of training, per round (``Round.test_acc``)."""
+        return [r.test_acc for r in self.rounds]
 
-    def early_stop_steps(self) -> list[int]:
-        """Early-stopping iteration (minimum validation loss) per round."""
+    @property
+    def early_stop_test_acc(self) -> list[float]:
+        """Test accuracy at the early-stopping iteration, per round (``Round.early_stop_test_acc``)."""
+        return [r.early_stop_test_acc for r in self.rounds]
+
+    @property
+    def early_stop_step(self) -> list[int]:
+        """Early-stopping iteration (minimum validation loss), per round (``Round.early_stop_step``)."""
         return [r.early_stop_step for r in self.rounds]
 
 
@@ -250,8 +202,14 @@ def default_optimizer(model: nn.Module, lr: float = 3e-3) -> torch.optim.Optimiz
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def _new_model(model_fn: ModelFn, seed: int) -> nn.Module:
-    seed_everything(seed)
+def fresh_model(model_fn: ModelFn, seed: int) -> nn.Module:
+    """``model_fn()`` called right after ``sk.seed_everything(seed)``: the start of every run.
+
+    Used by :func:`imp`, its controls and :func:`sparsekit.connectivity.instability`, so
+    that one ``(model_fn, seed)`` always gives the same initial weights.
+    """
+    _check_model_fn(model_fn)
+    seed_everything(_validate.seed(seed, low=0))
     model = model_fn()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_fn must return an nn.Module, got {type(model).__name__}")
@@ -310,10 +268,6 @@ def _run(
     return result, saved.get("state")
 
 
-def _check_int(value: object, name: str, low: int) -> int:
-    return _validate.integer(value, name, low=low)
-
-
 def _check_model_fn(model_fn: object) -> None:
     if isinstance(model_fn, nn.Module) or not callable(model_fn):
         raise TypeError(
@@ -321,10 +275,12 @@ def _check_model_fn(model_fn: object) -> None:
         )
 
 
-def _check_data(data: object) -> _data.Splits:
+def check_splits(data: object, *, validation: bool = True) -> _data.Splits:
+    """``data`` if it is a :class:`sparsekit.data.Splits` (with a non-empty validation split
+    when ``validation``, which early stopping needs); else ``TypeError`` / ``ValueError``."""
     if not isinstance(data, _data.Splits):
         raise TypeError(f"data must be a sparsekit.data.Splits, got {type(data).__name__}")
-    if len(data.y_val) == 0:
+    if validation and len(data.y_val) == 0:
         raise ValueError("data has no validation split (early stopping needs one): use val_size > 0")
     return data
 
@@ -350,7 +306,7 @@ def imp(
 
     Round 0 trains the dense network for ``steps`` iterations from ``W_0``, saving
     ``W_k`` (``k = rewind_step``). Each of the ``rounds`` further rounds prunes ``rate`` of
-    the remaining weights by magnitude (:func:`prune_masks`), rewinds the survivors to
+    the remaining weights by magnitude (:func:`imp_masks`), rewinds the survivors to
     ``W_k`` and trains ``steps - k`` iterations, so every run has the same total budget.
 
     Args:
@@ -368,27 +324,27 @@ def imp(
         eval_every: iterations between evaluations of validation loss and test accuracy.
     """
     _check_model_fn(model_fn)
-    data = _check_data(data)
-    rounds = _check_int(rounds, "rounds", 0)
-    rate = _check_rate(rate, "rate")
+    data = check_splits(data)
+    rounds = _validate.integer(rounds, "rounds", low=0)
+    rate = _validate.fraction(rate, "rate")
     if rate == 0.0:
         raise ValueError("rate must be in (0, 1), got 0.0")
-    steps = _check_int(steps, "steps", 1)
+    steps = _validate.integer(steps, "steps", low=1)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     if output_rate is not None:
-        output_rate = _check_rate(output_rate, "output_rate")
-    rewind_step = _check_int(rewind_step, "rewind_step", 0)
+        output_rate = _validate.fraction(output_rate, "output_rate")
+    rewind_step = _validate.integer(rewind_step, "rewind_step", low=0)
     if rewind_step >= steps:
         raise ValueError(f"rewind_step must be < steps={steps}, got {rewind_step}")
-    seed = _check_int(seed, "seed", 0)
-    data_seed = seed if data_seed is None else _check_int(data_seed, "data_seed", 0)
-    eval_every = _check_int(eval_every, "eval_every", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    seed = _validate.integer(seed, "seed", low=0)
+    data_seed = seed if data_seed is None else _validate.integer(data_seed, "data_seed", low=0)
+    eval_every = _validate.integer(eval_every, "eval_every", low=1)
+    batch_size = _validate.integer(batch_size, "batch_size", low=1)
     common = dict(data_seed=data_seed, batch_size=batch_size, eval_every=eval_every,
                   optimizer_fn=optimizer_fn, progress=progress)
 
-    model = _new_model(model_fn, seed)
+    model = fresh_model(model_fn, seed)
     dense, rewind_state = _run(model, data, steps=steps, round_index=0, save_at=rewind_step,
                                desc="IMP round 0 (dense)", **common)
     assert rewind_state is not None  # saved at rewind_step < steps
@@ -399,7 +355,7 @@ def imp(
     )
     layer_rates = {output_layer(model): output_rate} if output_rate is not None else None
     for r in range(1, rounds + 1):
-        masks = prune_masks(model, rate, scope=scope, layer_rates=layer_rates)  # trained weights
+        masks = imp_masks(model, rate, scope=scope, layer_rates=layer_rates)  # trained weights
         apply_masks(model, masks)
         rewind(model, rewind_state)
         run, _ = _run(model, data, steps=steps - rewind_step, round_index=r, step_offset=rewind_step,
@@ -421,7 +377,7 @@ def retrain(result: IMPResult, masks: Mapping[str, Tensor], *, init: str = "rewi
     if init not in ("rewind", "reinit"):
         raise ValueError(f"init must be 'rewind' or 'reinit', got {init!r}")
     seed = result.seed + (_REINIT_SEED_OFFSET if init == "reinit" else 0)
-    model = _new_model(result.model_fn, seed)
+    model = fresh_model(result.model_fn, seed)
     if init == "rewind":
         rewind(model, result.rewind_state)
     apply_masks(model, masks)
@@ -456,109 +412,18 @@ def random_mask(result: IMPResult, *, progress: bool = True) -> list[Round]:
 def one_shot(result: IMPResult, rounds: int, *, progress: bool = True) -> Round:
     """Prune the *dense* trained network in one step to the sparsity IMP reaches after ``rounds``.
 
-    Uses the same scope and output-layer rate, compounded: ``1 - (1 - rate) ** rounds``
+    Uses the same scope and output-layer rate, compounded: ``1 - (1 - rate) ** rounds`` (:func:`sparsekit.imp_sparsity`)
     (Frankle & Carbin 2019, Sec. 1: one-shot vs iterative). Rewinds and retrains like IMP.
     """
     if not isinstance(result, IMPResult):
         raise TypeError(f"result must be an IMPResult, got {type(result).__name__}")
-    rounds = _check_int(rounds, "rounds", 1)
-    model = _new_model(result.model_fn, result.seed)
+    rounds = _validate.integer(rounds, "rounds", low=1)
+    model = fresh_model(result.model_fn, result.seed)
     rewind(model, result.rounds[0].state)
-    rate = 1.0 - (1.0 - result.rate) ** rounds
+    rate = imp_sparsity(result.rate, rounds)
     layer_rates = None
     if result.output_rate is not None:
-        layer_rates = {output_layer(model): 1.0 - (1.0 - result.output_rate) ** rounds}
-    masks = prune_masks(model, rate, scope=result.scope, layer_rates=layer_rates)
+        layer_rates = {output_layer(model): imp_sparsity(result.output_rate, rounds)}
+    masks = imp_masks(model, rate, scope=result.scope, layer_rates=layer_rates)
     return retrain(result, masks, init="rewind", round_index=rounds, progress=progress,
                    desc=f"one-shot {rounds}")
-
-
-# --- linear mode connectivity --------------------------------------------------------
-
-
-def interpolate_states(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
-    """``(1 - alpha) * a + alpha * b`` for floating-point entries; integer buffers from ``a``."""
-    if set(a) != set(b):
-        raise ValueError(f"states differ in keys: {sorted(set(a) ^ set(b))}")
-    alpha = _validate.fraction(alpha, "alpha", allow_one=True)
-    return {k: torch.lerp(a[k], b[k].to(a[k].dtype), float(alpha)) if a[k].is_floating_point()
-            else a[k].clone() for k in a}
-
-
-def error_barrier(errors: Sequence[float]) -> float:
-    """``max_alpha E(alpha) - (E(0) + E(1)) / 2`` (Frankle et al. 2020, Definition 1: instability).
-
-    ``errors`` are the errors at evenly spaced ``alpha`` from 0 to 1 (at least two).
-    """
-    errs = [float(e) for e in errors]
-    if len(errs) < 2:
-        raise ValueError(f"errors needs at least two values (alpha = 0 and 1), got {len(errs)}")
-    return max(errs) - (errs[0] + errs[-1]) / 2
-
-
-@dataclass
-class LMCResult:
-    """Error along the line between two copies trained from the same rewind point."""
-
-    alphas: list[float]
-    errors: list[float]     # test error at each alpha
-    barrier: float          # error_barrier(errors)
-    end_acc: tuple[float, float]  # test accuracy of the two trained copies
-
-
-def instability(
-    model_fn: ModelFn,
-    data: _data.Splits,
-    *,
-    rewind_step: int,
-    steps: int = 300,
-    masks: Mapping[str, Tensor] | None = None,
-    seed: int = 0,
-    data_seeds: tuple[int, int] = (1, 2),
-    num_alphas: int = 11,
-    optimizer_fn: OptimizerFn | None = None,
-    batch_size: int = 128,
-    progress: bool = True,
-) -> LMCResult:
-    """Linear mode connectivity from iteration ``k`` (Frankle et al. 2020, Sec. 3).
-
-    Train ``model_fn()`` (seed ``seed``, data order ``seed``) for ``k = rewind_step``
-    iterations, optionally apply ``masks`` (a subnetwork), then train two copies for
-    ``steps - k`` iterations each with the data orders ``data_seeds``. Evaluate the test
-    error of ``(1 - alpha) W_a + alpha W_b`` at ``num_alphas`` evenly spaced ``alpha``.
-    A barrier near 0 means the two runs end in one linearly connected minimum: the
-    network is *stable* to SGD noise from iteration ``k``. BatchNorm running statistics are
-    interpolated like the weights (a simplification; re-estimating them is more exact).
-    """
-    _check_model_fn(model_fn)
-    data = _check_data(data)
-    steps = _check_int(steps, "steps", 1)
-    rewind_step = _check_int(rewind_step, "rewind_step", 0)
-    if rewind_step >= steps:
-        raise ValueError(f"rewind_step must be < steps={steps}, got {rewind_step}")
-    num_alphas = _check_int(num_alphas, "num_alphas", 2)
-    if len(data_seeds) != 2 or data_seeds[0] == data_seeds[1]:
-        raise ValueError(f"data_seeds must be two different ints, got {data_seeds!r}")
-    opt = optimizer_fn or default_optimizer
-
-    model = _new_model(model_fn, seed)
-    if rewind_step > 0:
-        loader = _data.loader(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed)
-        train(model, loader, steps=rewind_step, optimizer=opt(model), progress=progress, desc=f"to k={rewind_step}")
-    if masks is not None:
-        apply_masks(model, masks)
-    start = snapshot(model)
-    ends = []
-    for s in data_seeds:
-        rewind(model, start)
-        loader = _data.loader(data.x_train, data.y_train, batch_size, shuffle=True, seed=s)
-        train(model, loader, steps=steps - rewind_step, optimizer=opt(model), progress=progress,
-              desc=f"copy (data seed {s})")
-        ends.append(snapshot(model))
-    test_loader = _data.loader(data.x_test, data.y_test, 1024)
-    alphas = [i / (num_alphas - 1) for i in range(num_alphas)]
-    errors = []
-    for alpha in alphas:
-        rewind(model, interpolate_states(ends[0], ends[1], alpha))
-        errors.append(1.0 - evaluate(model, test_loader)[1])
-    return LMCResult(alphas, errors, error_barrier(errors), (1.0 - errors[0], 1.0 - errors[-1]))

@@ -1,4 +1,8 @@
-"""Movement pruning (Sanh, Wolf & Rush 2020): prune by how weights *move* while fine-tuning.
+"""Movement pruning (Sanh, Wolf & Rush 2020): score, mask and train at once, then finalize.
+
+The *score* is learned during the *train* step; the *mask* follows it after every step;
+*finalize* (:func:`finalize`) turns the learned scores into a fixed boolean mask. Prune by
+how weights *move* while fine-tuning.
 
 Magnitude pruning keeps the weights that are large; it is a *zeroth-order* criterion and
 in transfer learning it mostly reflects what **pre-training** made large. Movement
@@ -28,12 +32,14 @@ Three masks ``M(S)`` and one baseline, all under the cubic schedule of Zhu & Gup
 The scores live in :class:`ScoreMask`, a subclass of the common
 :class:`~sparsekit.masking.WeightMask` parametrization, so ``sk.get_masks``,
 ``sk.sparsity`` and ``sk.remove_masks`` work during training; :func:`finalize` swaps the
-scores for a plain boolean mask at the end.
+scores for a plain boolean mask at the end. :func:`apply_gradual_pruning` runs the whole
+loop for any of the methods, changing the model in place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +64,12 @@ from .select import _check_sparsity, cubic_sparsity, lowest_k, select_masks
 from .train import History, train
 
 METHODS = ("magnitude", "random", "movement", "soft_movement")
-"""Methods understood by :func:`prune_finetune`."""
+"""Methods understood by :func:`apply_gradual_pruning`."""
+
+ParamGroups = list[dict]
+OptimizerFactory = Callable[[ParamGroups], torch.optim.Optimizer]
+"""``param groups -> optimizer`` (e.g. ``torch.optim.Adam`` or ``functools.partial(torch.optim.AdamW,
+weight_decay=0.01)``): each group carries its own ``lr``."""
 
 
 # --- 1. the movement score, by hand ------------------------------------------------
@@ -128,6 +139,10 @@ class ScoreMask(WeightMask):
     def forward(self, weight: Tensor) -> Tensor:
         ste = self.scores - self.scores.detach()  # value exactly 0, gradient 1 w.r.t. scores
         return weight.masked_fill(~self.mask, 0.0) + weight * ste
+
+    def current_mask(self) -> Tensor:
+        """The bool mask this parametrization applies now (a copy): ``W' = W ⊙ M``, ``M`` this."""
+        return self.mask.detach().clone()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, learned scores"
@@ -269,7 +284,7 @@ def finalize(model: nn.Module) -> dict[str, Tensor]:
     masks: dict[str, Tensor] = {}
     modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
     for name, sm in _require_scores(model).items():
-        masks[name] = sm.mask.detach().clone()
+        masks[name] = sm.current_mask()
         module = modules[name]
         _detach_injected_class(module)  # deep copies must not share the injected class
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
@@ -320,7 +335,7 @@ class Schedule:
 
 @dataclass
 class PruneResult:
-    """What :func:`prune_finetune` returns: the training history, the final masks and
+    """What :func:`apply_gradual_pruning` returns: the training history, the final masks and
     the sparsity actually reached over the pruned weights."""
 
     history: History
@@ -329,7 +344,47 @@ class PruneResult:
     method: str
 
 
-def prune_finetune(
+@contextlib.contextmanager
+def _all_or_nothing(model: nn.Module) -> Iterator[None]:
+    """On any error in the block, put ``model`` back as it was, then re-raise.
+
+    Undone: parametrizations added to a prunable weight (a :class:`ScoreMask` or a new
+    ``WeightMask``), every parameter and buffer value (masks included), gradients and
+    each module's train/eval mode. Parameter objects, and their order, are the same as before.
+    """
+    modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
+    before = {name: list(m.parametrizations["weight"]) if parametrize.is_parametrized(m, "weight") else None
+              for name, m in modules.items()}
+    order = {name: list(m._parameters) for name, m in modules.items()}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grads = {p: None if p.grad is None else p.grad.detach().clone() for p in model.parameters()}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    except BaseException:
+        for name, module in modules.items():
+            had = before[name]
+            if not parametrize.is_parametrized(module, "weight"):
+                continue
+            if had is None:
+                _detach_injected_class(module)  # deep copies must not share the injected class
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+                for key in order[name]:  # removal re-registers ``weight`` last: restore the order
+                    module._parameters[key] = module._parameters.pop(key)
+                continue
+            plist = module.parametrizations["weight"]
+            for i in reversed(range(len(plist))):
+                if not any(plist[i] is p for p in had):
+                    del plist[i]
+        model.load_state_dict(state)
+        for p, g in grads.items():
+            p.grad = g
+        for m, training in modes:
+            m.training = training
+        raise
+
+
+def apply_gradual_pruning(
     model: nn.Module,
     train_loader: DataLoader,
     *,
@@ -339,6 +394,7 @@ def prune_finetune(
     names: Iterable[str] | None = None,
     lr: float = 1e-3,
     score_lr: float = 1e-2,
+    optimizer: OptimizerFactory = torch.optim.Adam,
     lam: float = 0.0,
     tau: float | None = None,
     warmup: float = 0.1,
@@ -349,20 +405,30 @@ def prune_finetune(
     progress: bool = True,
     desc: str | None = None,
 ) -> PruneResult:
-    """Fine-tune ``model`` for ``steps`` Adam steps while pruning ``names`` on a cubic schedule.
+    """Fine-tune ``model`` in place for ``steps`` steps while pruning ``names`` on a cubic schedule.
 
-    ``method``:
+    Gradual pruning (Zhu & Gupta 2017, Eq. 1, through :class:`Schedule`) during
+    fine-tuning, with the criterion ``method``:
+
       * ``"magnitude"`` / ``"random"``: every ``prune_every`` steps, ``sk.select_masks``
         on ``|W|`` (or fixed random scores from ``seed``) per matrix, intersected with the
         current masks and applied with ``sk.apply_masks``; pruned weights stay pruned;
       * ``"movement"``: :class:`ScoreMask` scores learned at ``score_lr``, per-matrix top-v
-        (:func:`update_hard`) after every step;
+        (:func:`update_hard`) after every step (Sanh et al. 2020);
       * ``"soft_movement"``: scores plus ``lam · soft_penalty`` in the loss; the mask is
         ``σ(S) > τ`` with ``τ`` following the schedule's global quantile, or, if ``tau`` is
         given, fixed at ``tau`` (then ``lam`` alone decides the final sparsity and
         ``final_sparsity`` is ignored except for validation).
 
-    The model is modified in place and ends with plain boolean masks (:func:`finalize`).
+    ``optimizer`` builds the optimizer from parameter groups, each with its own ``lr``:
+    one group ``{"params": all parameters, "lr": lr}`` for magnitude / random, and
+    :func:`param_groups` (weights at ``lr``, scores at ``score_lr``) for the movement
+    methods. The default, ``torch.optim.Adam``, is Adam with those rates.
+
+    The model is changed in place and ends with plain boolean masks (:func:`finalize`).
+    All-or-nothing: arguments and ``train_loader`` (which must not be empty) are checked
+    before anything is attached, and on any error during the run the model is put back
+    as it was (parametrizations, values, gradients, modes).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -375,14 +441,40 @@ def prune_finetune(
         raise ValueError(f"lam is only used by method='soft_movement', got method={method!r}")
     if tau is not None:
         tau = _validate.real(tau, "tau", low=0.0, high=1.0, low_open=True, high_open=True)
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be a callable param groups -> torch.optim.Optimizer "
+                        f"(e.g. torch.optim.Adam), got {type(optimizer).__name__}")
+    if len(train_loader) == 0:
+        raise ValueError("train_loader is empty: fine-tuning needs at least one batch")
     chosen = _check_names(prunable_weights(model), names)
     desc = desc or method
+    with _all_or_nothing(model):
+        history, masks = _gradual(model, train_loader, method=method, schedule=schedule, chosen=chosen, lr=lr,
+                                  score_lr=score_lr, optimizer=optimizer, lam=lam, tau=tau, prune_every=prune_every,
+                                  seed=seed, val_loader=val_loader, progress=progress, desc=desc)
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    total = sum(prunable_weights(model)[n].numel() for n in chosen)
+    return PruneResult(history, masks, pruned / total, method)
 
+
+def _build_optimizer(factory: OptimizerFactory, groups: ParamGroups) -> torch.optim.Optimizer:
+    opt = factory(groups)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must return a torch.optim.Optimizer, got {type(opt).__name__}")
+    return opt
+
+
+def _gradual(model: nn.Module, train_loader: DataLoader, *, method: str, schedule: Schedule, chosen: list[str],
+             lr: float, score_lr: float, optimizer: OptimizerFactory, lam: float, tau: float | None,
+             prune_every: int, seed: int, val_loader: DataLoader | None, progress: bool, desc: str
+             ) -> tuple[History, dict[str, Tensor]]:
+    """The body of :func:`apply_gradual_pruning`, on checked arguments: ``(history, final masks)``."""
+    steps = schedule.steps
     loss_fn: Callable[..., Tensor] = F.cross_entropy
     hook: Callable[[int, nn.Module], None]
     if method in ("magnitude", "random"):
         fixed = _scores.random(model, seed) if method == "random" else None
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = _build_optimizer(optimizer, [{"params": list(model.parameters()), "lr": lr}])
 
         def hook(step: int, m: nn.Module) -> None:
             if step % prune_every and step != steps:
@@ -395,7 +487,7 @@ def prune_finetune(
             apply_masks(m, select_masks({n: score[n] for n in chosen}, s, scope="layer", current=current or None))
     else:
         attach_scores(model, chosen)
-        optimizer = torch.optim.Adam(param_groups(model, lr, score_lr))
+        opt = _build_optimizer(optimizer, param_groups(model, lr, score_lr))
         sms = _score_masks(model)  # looked up once: module traversal is slow per step
         if method == "movement":
             def hook(step: int, m: nn.Module) -> None:
@@ -410,11 +502,7 @@ def prune_finetune(
                     # the penalty belongs to the training objective, not to evaluation sums
                     return ce + lam * _penalty(sms) if reduction == "mean" else ce
 
-    history = train(model, train_loader, steps=steps, optimizer=optimizer, loss_fn=loss_fn,
+    history = train(model, train_loader, steps=steps, optimizer=opt, loss_fn=loss_fn,
                     val_loader=val_loader, eval_every=steps, step_hook=hook, progress=progress, desc=desc)
     masks = finalize(model) if method not in ("magnitude", "random") else get_masks(model)
-    masks = {n: masks[n] for n in chosen if n in masks}
-    pruned = sum(int((~m).sum()) for m in masks.values())
-    total = sum(prunable_weights(model)[n].numel() for n in chosen)
-    return PruneResult(history, masks, pruned / total, method)
-
+    return history, {n: masks[n] for n in chosen if n in masks}

@@ -4,6 +4,13 @@ Every function returns ``{plain weight name: float tensor}`` with the keys and s
 :func:`sparsekit.prunable_weights`, and never changes the model (parameters, buffers,
 train/eval mode). Movement scores, which need a training loop, live in
 :mod:`sparsekit.movement`.
+
+All five take the same keyword ``masks: Mapping[str, Tensor] | None = None``: score the
+model *as if these masks were applied as well* (intersected with the masks it already
+carries), without touching it. Iterative pruning re-scores this way each round
+(:func:`sparsekit.at_init.pruning_path`). Whatever the criterion, an entry pruned (by the
+model's own masks or by ``masks``) scores exactly 0, and a gradient-based score sees the
+network of the kept weights only.
 """
 
 from __future__ import annotations
@@ -18,32 +25,46 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import _validate
-from .masking import effective_weights, prunable_weights
+from .masking import effective_weights, get_masks, prunable_weights
+from .train import eval_mode
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 F_ = TypeVar("F_", bound=Callable[..., Any])
 
 
-def magnitude(model: nn.Module) -> dict[str, Tensor]:
+def magnitude(model: nn.Module, *, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """``|w|`` of the effective weights (Han et al. 2015): small weights matter least.
 
-    Already-pruned entries score 0, so they are pruned first again.
+    Already-pruned entries (and those ``masks`` prunes) score 0, so they are pruned first again.
     """
-    return {name: w.abs().clone() for name, w in effective_weights(model).items()}
+    return _zero_pruned(model, {name: w.abs().clone() for name, w in effective_weights(model).items()}, masks)
 
 
-def random(model: nn.Module, seed: int) -> dict[str, Tensor]:
-    """I.i.d. uniform scores from a private generator seeded with ``seed``.
+def random(model: nn.Module, seed: int, *, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """I.i.d. uniform scores in ``[0, 1)`` from a private generator seeded with ``seed``.
 
     The baseline every pruning method must beat (Blalock et al. 2020). The global RNG
-    state is left untouched.
+    state is left untouched. Pruned entries (the model's own, or those ``masks`` prunes)
+    score 0; the others get the same values as in the unmasked model.
     """
     seed = _validate.seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    return {
+    drawn = {
         name: torch.rand(w.shape, generator=gen, dtype=torch.float32).to(w.device)
         for name, w in effective_weights(model).items()
     }
+    return _zero_pruned(model, drawn, masks)
+
+
+def _zero_pruned(model: nn.Module, scores: dict[str, Tensor], masks: Mapping[str, Tensor] | None
+                 ) -> dict[str, Tensor]:
+    """``scores`` with every entry pruned by the model's masks or by ``masks`` set to 0."""
+    extra = _check_extra_masks(model, masks)
+    for name, own in get_masks(model).items():
+        extra[name] = own & extra[name].to(own.device) if name in extra else own
+    for name, keep in extra.items():
+        scores[name] = scores[name].masked_fill(~keep.to(scores[name].device), 0.0)
+    return scores
 
 
 # --- pruning at initialization: SNIP, GraSP, SynFlow --------------------------------
@@ -244,13 +265,8 @@ def synflow(model: nn.Module, example_input: Tensor, *,
         raise ValueError(f"example_input must be a non-empty batch, got shape {tuple(example_input.shape)}")
     state, leaves = _functional_state(model, masks, lambda t: t.double().abs())
     ones = torch.ones_like(example_input[:1], dtype=torch.float64)
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
+    with eval_mode(model):
         r = functional_call(model, state, (ones,)).sum()
-    finally:
-        for m, was_training in modes.items():
-            m.training = was_training
     grads = torch.autograd.grad(r, list(leaves.values()), allow_unused=True)
     return {
         name: (torch.zeros_like(w) if g is None else g * w).detach()

@@ -1,4 +1,4 @@
-"""Unstructured magnitude pruning: one-shot, iterative, gradual; fine-tuning; sensitivity.
+"""Unstructured magnitude pruning: score -> select -> mask -> train, one-shot, iterative or gradual.
 
 Han et al. 2015 ("Learning both weights and connections") prune the weights of
 smallest magnitude, ``|w| < t``, then retrain the survivors with the pruned ones held
@@ -9,6 +9,9 @@ gradually during training along the cubic schedule of their Eq. (1)
 Everything here runs through the core pipeline: ``scores.magnitude`` (score) ->
 ``select_masks`` (select) -> ``apply_masks`` (mask) -> ``train.train`` (train with the
 mask held). Masks intersect, so pruning an already-pruned model only ever adds zeros.
+The ``apply_*`` functions and :class:`GradualPruning` change the model in place; the
+schedules are the library's own (:func:`sparsekit.select.geometric_schedule` for
+iterative pruning, :func:`sparsekit.cubic_sparsity` for gradual pruning).
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from torch.utils.data import DataLoader
 from . import _validate
 from . import scores as _scores
 from .masking import apply_masks, get_masks, prunable_weights
-from .select import _check_sparsity, cubic_sparsity, select_masks
+from .select import _check_sparsity, cubic_sparsity, geometric_schedule, select_masks
 from .train import History, accuracy, train
 
 DEFAULT_MIN_KEEP = 0.01
 """Global pruning keeps at least this fraction (1 %) of every layer's weights by default."""
 
 
-def prune(model: nn.Module, sparsity: float, scope: str = "global", *,
-          scores: Mapping[str, Tensor] | None = None, min_keep: float = DEFAULT_MIN_KEEP) -> dict[str, Tensor]:
-    """Prune ``model`` in place to ``sparsity`` by ``scores`` (default ``|w|``); return the masks.
+def apply_magnitude_pruning(model: nn.Module, sparsity: float, scope: str = "global", *,
+                            scores: Mapping[str, Tensor] | None = None,
+                            min_keep: float = DEFAULT_MIN_KEEP) -> dict[str, Tensor]:
+    """Prune ``model`` in place to ``sparsity`` by ``scores`` (default ``|w|``); return its masks.
 
     Han et al. 2015: remove the weights of smallest magnitude. ``scope="layer"`` prunes
     the same fraction of every layer; ``scope="global"`` ranks all weights together
@@ -65,7 +69,7 @@ def fine_tune(model: nn.Module, train_loader: DataLoader, *, epochs: int | None 
     """
     before = get_masks(model)
     if not before:
-        raise ValueError("model has no masks: prune it (or apply_masks) before fine_tune, "
+        raise ValueError("model has no masks: prune it (apply_magnitude_pruning or apply_masks) before fine_tune, "
                          "otherwise zeroed weights regrow")
     history = train(model, train_loader, epochs=epochs, steps=steps, lr=lr, **train_kwargs)  # type: ignore[arg-type]
     after = get_masks(model)
@@ -74,38 +78,32 @@ def fine_tune(model: nn.Module, train_loader: DataLoader, *, epochs: int | None 
     return history
 
 
-def iterative_prune(model: nn.Module, train_loader: DataLoader, final_sparsity: float, *, rounds: int,
+def apply_iterative_pruning(model: nn.Module, train_loader: DataLoader, final_sparsity: float, *, rounds: int,
                     epochs_per_round: int, lr: float = 1e-3, scope: str = "global",
                     min_keep: float = DEFAULT_MIN_KEEP, progress: bool = True,
                     **train_kwargs: object) -> list[float]:
     """Han et al. 2015's iterative pruning: ``rounds`` times prune, then fine-tune.
 
     Round ``r`` prunes to ``1 - (1 - final_sparsity) ** (r / rounds)`` (the same fraction
-    of the remaining weights each round), by magnitude, then fine-tunes for
-    ``epochs_per_round`` epochs. Returns the sparsity after each round.
+    of the remaining weights each round: :func:`sparsekit.select.geometric_schedule`), by
+    magnitude, then fine-tunes for ``epochs_per_round`` epochs. The model is changed in
+    place. Returns the sparsity after each round.
     """
-    final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
-    rounds = _validate.positive_int(rounds, "rounds")
+    schedule = geometric_schedule(final_sparsity, rounds)
     epochs_per_round = _validate.positive_int(epochs_per_round, "epochs_per_round")
-    reached = []
-    for r in range(1, rounds + 1):
-        s = 1.0 - (1.0 - final_sparsity) ** (r / rounds)
-        prune(model, s, scope, min_keep=min_keep)
+    for r, s in enumerate(schedule, start=1):
+        apply_magnitude_pruning(model, s, scope, min_keep=min_keep)
         fine_tune(model, train_loader, epochs=epochs_per_round, lr=lr, progress=progress,
                   desc=f"round {r}/{rounds}", **train_kwargs)
-        reached.append(s)
-    return reached
+    return schedule
 
 
 class GradualPruning:
     """A ``step_hook`` for :func:`sparsekit.train.train`: Zhu & Gupta 2017's gradual pruning.
 
     Every ``every`` steps from ``begin_step`` to ``end_step`` (and at ``end_step``) the
-    model is pruned by magnitude to ``s_t`` of Eq. (1)::
-
-        s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_end - t_0)) ** 3
-
-    Weights pruned earlier stay pruned (masks intersect). ``self.schedule`` records
+    model is pruned in place, by magnitude, to ``s_t`` of Eq. (1)
+    (:func:`sparsekit.cubic_sparsity`). Weights pruned earlier stay pruned (masks intersect). ``self.schedule`` records
     ``(step, sparsity)`` of every pruning event.
     """
 
@@ -123,7 +121,7 @@ class GradualPruning:
         self.schedule: list[tuple[int, float]] = []
 
     def sparsity_at(self, step: int) -> float:
-        """``s_t`` of Eq. (1) at ``step``."""
+        """``s_t`` of Eq. (1) at ``step`` (:func:`sparsekit.cubic_sparsity`)."""
         return cubic_sparsity(step, self.final_sparsity, begin_step=self.begin_step,
                               end_step=self.end_step, initial_sparsity=self.initial_sparsity)
 
@@ -133,7 +131,7 @@ class GradualPruning:
         if (step - self.begin_step) % self.every and step != self.end_step:
             return
         s = self.sparsity_at(step)
-        prune(model, s, self.scope, min_keep=self.min_keep)
+        apply_magnitude_pruning(model, s, self.scope, min_keep=self.min_keep)
         self.schedule.append((step, s))
 
 

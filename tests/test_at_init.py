@@ -1,4 +1,4 @@
-"""Tests for sparsekit.at_init: prune_at_init, iterative SynFlow, layer collapse helpers."""
+"""Tests for sparsekit.at_init: at_init_masks, iterative SynFlow, layer collapse helpers."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_one_shot_equals_select_of_the_score() -> None:
         ("grasp", sk.scores.grasp(model, x, y)),
         ("synflow", sk.scores.synflow(model, x)),
     ]:
-        got = sk.prune_at_init(model, method, 0.8, inputs=x, targets=y, seed=7, rounds=1)
+        got = sk.at_init_masks(model, method, 0.8, inputs=x, targets=y, seed=7, rounds=1)
         want = sk.select_masks(s, 0.8)
         assert all(torch.equal(got[k], want[k]) for k in want), method
 
@@ -60,9 +60,9 @@ def test_one_shot_equals_select_of_the_score() -> None:
 def test_synflow_defaults_to_100_rounds_and_iterating_changes_the_masks() -> None:
     model = _small_mlp()
     x, _ = _batch()
-    default = sk.prune_at_init(model, "synflow", 0.99, inputs=x)
-    explicit = sk.prune_at_init(model, "synflow", 0.99, inputs=x, rounds=100)
-    one_shot = sk.prune_at_init(model, "synflow", 0.99, inputs=x, rounds=1)
+    default = sk.at_init_masks(model, "synflow", 0.99, inputs=x)
+    explicit = sk.at_init_masks(model, "synflow", 0.99, inputs=x, rounds=100)
+    one_shot = sk.at_init_masks(model, "synflow", 0.99, inputs=x, rounds=1)
     assert all(torch.equal(default[k], explicit[k]) for k in default)
     assert any(not torch.equal(default[k], one_shot[k]) for k in default)
     assert at_init.DEFAULT_ROUNDS["synflow"] == 100
@@ -75,21 +75,21 @@ def test_iterative_synflow_avoids_the_collapse_of_one_shot_synflow() -> None:
     model = sk.models.MLP(40, (64, 64), 10)
     x, _ = _batch()
     s = at_init.compression_to_sparsity(300)
-    assert sk.layer_collapse(sk.prune_at_init(model, "synflow", s, inputs=x, rounds=1))
-    assert not sk.layer_collapse(sk.prune_at_init(model, "synflow", s, inputs=x, rounds=100))
+    assert sk.layer_collapse(sk.at_init_masks(model, "synflow", s, inputs=x, rounds=1))
+    assert not sk.layer_collapse(sk.at_init_masks(model, "synflow", s, inputs=x, rounds=100))
 
 
-# --- prune_at_init ----------------------------------------------------------------------
+# --- at_init_masks ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", at_init.METHODS)
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_prune_at_init_exact_count_and_model_untouched(method: str, name: str) -> None:
+def test_at_init_masks_exact_count_and_model_untouched(method: str, name: str) -> None:
     torch.manual_seed(0)
     model = sk.models.build(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = _batch()
-    masks = sk.prune_at_init(model, method, 0.9, inputs=x, targets=y, rounds=3 if method == "synflow" else None)
+    masks = sk.at_init_masks(model, method, 0.9, inputs=x, targets=y, rounds=3 if method == "synflow" else None)
     weights = sk.prunable_weights(model)
     assert list(masks) == list(weights)
     assert all(masks[k].dtype == torch.bool and masks[k].shape == w.shape for k, w in weights.items())
@@ -108,7 +108,7 @@ def test_pruning_path_prefixes_equal_shorter_runs_and_are_nested() -> None:
         path = at_init.pruning_path(model, method, 0.99, rounds=6, inputs=x, targets=y)
         assert len(path) == 6
         for k in [0, 2, 5]:
-            short = sk.prune_at_init(model, method, sched[k], rounds=k + 1, inputs=x, targets=y)
+            short = sk.at_init_masks(model, method, sched[k], rounds=k + 1, inputs=x, targets=y)
             assert all(torch.equal(short[n], path[k][n]) for n in short), (method, k)
         for a, b in zip(path, path[1:]):
             assert all(bool((b[n] <= a[n]).all()) for n in a)  # pruned entries stay pruned
@@ -121,36 +121,36 @@ def test_existing_masks_are_kept_and_counted() -> None:
     sk.apply_masks(model, old)
     total = sum(m.numel() for m in old.values())
     for method in at_init.METHODS:
-        new = sk.prune_at_init(model, method, 0.8, inputs=x, targets=y, rounds=2)
+        new = sk.at_init_masks(model, method, 0.8, inputs=x, targets=y, rounds=2)
         assert _pruned(new) == round(0.8 * total), method
         assert all(bool((new[k] <= old[k]).all()) for k in old), method
     with pytest.raises(ValueError, match="sparsity can only grow"):
-        sk.prune_at_init(model, "magnitude", 0.2)
+        sk.at_init_masks(model, "magnitude", 0.2)
 
 
 def test_layer_scope() -> None:
     model = _small_mlp()
-    masks = sk.prune_at_init(model, "magnitude", 0.75, scope="layer")
+    masks = sk.at_init_masks(model, "magnitude", 0.75, scope="layer")
     assert all(_pruned({k: m}) == round(0.75 * m.numel()) for k, m in masks.items())
 
 
-def test_prune_at_init_bad_input() -> None:
+def test_at_init_masks_bad_input() -> None:
     model = _small_mlp()
     x, y = _batch()
     with pytest.raises(ValueError, match="method must be one of"):
-        sk.prune_at_init(model, "movement", 0.5)
+        sk.at_init_masks(model, "movement", 0.5)
     with pytest.raises(ValueError, match="sparsity"):
-        sk.prune_at_init(model, "magnitude", 1.0)
+        sk.at_init_masks(model, "magnitude", 1.0)
     with pytest.raises(ValueError, match="rounds"):
-        sk.prune_at_init(model, "magnitude", 0.5, rounds=0)
+        sk.at_init_masks(model, "magnitude", 0.5, rounds=0)
     with pytest.raises(ValueError, match="scope"):
-        sk.prune_at_init(model, "magnitude", 0.5, scope="row")
+        sk.at_init_masks(model, "magnitude", 0.5, scope="row")
     with pytest.raises(ValueError, match="needs inputs"):
-        sk.prune_at_init(model, "snip", 0.5)
+        sk.at_init_masks(model, "snip", 0.5)
     with pytest.raises(ValueError, match="needs targets"):
-        sk.prune_at_init(model, "grasp", 0.5, inputs=x)
+        sk.at_init_masks(model, "grasp", 0.5, inputs=x)
     with pytest.raises(TypeError, match="model"):
-        sk.prune_at_init("mlp", "magnitude", 0.5)  # type: ignore[arg-type]
+        sk.at_init_masks("mlp", "magnitude", 0.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="method"):
         at_init.score(model, "obd")
 
@@ -203,5 +203,34 @@ def test_critical_compression_is_where_global_selection_first_collapses(sizes: l
 
 
 def test_lazy_top_level_names() -> None:
-    assert sk.prune_at_init is at_init.prune_at_init
+    assert sk.at_init_masks is at_init.at_init_masks
     assert sk.layer_collapse is at_init.layer_collapse
+
+
+# --- issue 12: pure and named so; one masks= argument for every criterion --------------
+
+
+def test_at_init_masks_is_pure_and_the_old_name_is_gone() -> None:
+    assert not hasattr(at_init, "prune_at_init") and "prune_at_init" not in sk.__all__
+    assert "at_init_masks" in sk.__all__
+    model = _small_mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sk.at_init_masks(model, "magnitude", 0.5)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("method", at_init.METHODS)
+def test_score_passes_masks_to_every_criterion(method: str) -> None:
+    """Each criterion scores the model as if ``masks`` were applied: pruned entries score 0.
+    (``random`` ignored ``masks`` before.)"""
+    model = _small_mlp()
+    x, y = _batch()
+    masks = sk.select_masks(sk.scores.random(model, 3), 0.5)
+    got = at_init.score(model, method, inputs=x, targets=y, seed=7, masks=masks)
+    masked = _small_mlp()
+    sk.apply_masks(masked, masks)
+    ref = at_init.score(masked, method, inputs=x, targets=y, seed=7)
+    for name, m in masks.items():
+        assert bool((got[name][~m] == 0).all()), name
+        assert torch.allclose(got[name], ref[name], rtol=1e-5, atol=1e-9), name

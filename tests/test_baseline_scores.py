@@ -53,3 +53,28 @@ def test_scores_do_not_change_model():
     sk.scores.random(model, 0)
     assert model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_random_scores_pruned_entries_zero_and_keeps_the_rest():
+    """Like every score, ``random`` scores a pruned entry 0 (it drew a random value before);
+    kept entries get the values of the unmasked model."""
+    model = MLP(40, (8,), 10)
+    dense = sk.scores.random(model, 3)
+    mask = torch.ones(8, 40, dtype=torch.bool)
+    mask[0] = False
+    sk.apply_masks(model, {"0.weight": mask})
+    got = sk.scores.random(model, 3)
+    assert torch.equal(got["0.weight"][0], torch.zeros(40))
+    assert torch.equal(got["0.weight"][1:], dense["0.weight"][1:])
+    assert torch.equal(got["2.weight"], dense["2.weight"])
+
+
+def test_magnitude_and_random_take_masks():
+    model = MLP(40, (8,), 10)
+    mask = torch.ones(10, 8, dtype=torch.bool)
+    mask[:, 3] = False
+    for fn in (sk.scores.magnitude, lambda m, **kw: sk.scores.random(m, 0, **kw)):
+        out = fn(model, masks={"2.weight": mask})
+        assert torch.equal(out["2.weight"][:, 3], torch.zeros(10))
+        assert bool((out["2.weight"][mask] > 0).all())
+    assert not sk.get_masks(model)  # the model is not masked

@@ -1,4 +1,4 @@
-"""Tests for sparsekit.lottery: IMP with rewinding, its controls, linear mode connectivity."""
+"""Tests for sparsekit.lottery: IMP with rewinding and its controls."""
 
 from __future__ import annotations
 
@@ -39,61 +39,6 @@ def _frozen(model: torch.nn.Module) -> torch.optim.Optimizer:
 DATA = _splits()
 
 
-# --- snapshot / rewind ---------------------------------------------------------------
-
-
-def test_snapshot_uses_plain_names_and_skips_masks() -> None:
-    model = _mlp()
-    sk.apply_masks(model, {"0.weight": torch.rand(32, 40) > 0.5})
-    snap = lottery.snapshot(model)
-    assert set(snap) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
-    assert torch.equal(snap["0.weight"], sk.effective_weights(model)["0.weight"])
-
-
-def test_rewind_restores_exactly_the_saved_values_on_surviving_weights() -> None:
-    torch.manual_seed(0)
-    model = _mlp()
-    saved = lottery.snapshot(model)
-    loader = sk.data.loader(DATA.x_train, DATA.y_train, 64, shuffle=True)
-    sk.train.train(model, loader, steps=10, lr=1e-2, progress=False)
-    masks = {n: torch.rand(w.shape) > 0.3 for n, w in sk.prunable_weights(model).items()}
-    sk.apply_masks(model, masks)
-    assert not torch.equal(sk.effective_weights(model)["0.weight"], saved["0.weight"] * masks["0.weight"])
-    lottery.rewind(model, saved)
-    eff = sk.effective_weights(model)
-    for name, mask in masks.items():
-        assert torch.equal(eff[name][mask], saved[name][mask])  # survivors: bit-exact
-        assert bool((eff[name][~mask] == 0).all())  # pruned: still exactly zero
-        assert torch.equal(sk.prunable_weights(model)[name][~mask], torch.zeros(int((~mask).sum())))
-    assert torch.equal(model[0].bias, saved["0.bias"])
-    assert sk.get_masks(model)["0.weight"].equal(masks["0.weight"])  # masks untouched
-
-
-def test_rewind_restores_batchnorm_buffers() -> None:
-    model = sk.models.CNN1d(channels=(4, 4, 4))
-    saved = lottery.snapshot(model)
-    model(torch.randn(8, 40))  # train mode: running stats move
-    assert not torch.equal(model.bn1.running_mean, saved["bn1.running_mean"])
-    lottery.rewind(model, saved)
-    assert torch.equal(model.bn1.running_mean, saved["bn1.running_mean"])
-    assert int(model.bn1.num_batches_tracked) == 0
-
-
-def test_rewind_bad_input() -> None:
-    model = _mlp()
-    snap = lottery.snapshot(model)
-    with pytest.raises(TypeError, match="state"):
-        lottery.rewind(model, [1, 2])
-    with pytest.raises(ValueError, match="missing"):
-        lottery.rewind(model, {k: v for k, v in snap.items() if k != "0.bias"})
-    with pytest.raises(ValueError, match="unexpected"):
-        lottery.rewind(model, {**snap, "extra": torch.zeros(1)})
-    with pytest.raises(ValueError, match="shape"):
-        lottery.rewind(model, {**snap, "0.bias": torch.zeros(3)})
-    with pytest.raises(TypeError, match="model"):
-        lottery.snapshot("not a model")
-
-
 # --- one pruning step ----------------------------------------------------------------
 
 
@@ -111,9 +56,9 @@ def test_layer_scope_removes_the_stated_fraction_of_what_remained(rate: float, r
         expect = {n: round((rate / 2 if n == "4.weight" else rate) * r) for n, r in before.items()}
         if any(expect[n] >= r for n, r in before.items()):
             with pytest.raises(ValueError, match="layer collapse"):
-                lottery.prune_masks(model, rate, scope="layer", layer_rates={"4.weight": rate / 2})
+                lottery.imp_masks(model, rate, scope="layer", layer_rates={"4.weight": rate / 2})
             return
-        masks = lottery.prune_masks(model, rate, scope="layer", layer_rates={"4.weight": rate / 2})
+        masks = lottery.imp_masks(model, rate, scope="layer", layer_rates={"4.weight": rate / 2})
         after = _remaining(masks)
         for name, r in before.items():
             assert r - after[name] == expect[name]
@@ -129,20 +74,20 @@ def test_global_scope_removes_the_stated_fraction_in_total(rate: float, seed: in
     sk.apply_masks(model, {"2.weight": torch.rand(32, 32) > 0.5})
     weights = sk.prunable_weights(model)
     remaining = sum(_remaining({n: sk.effective_weights(model)[n] != 0 for n in weights}).values())
-    masks = lottery.prune_masks(model, rate, scope="global")
+    masks = lottery.imp_masks(model, rate, scope="global")
     assert remaining - sum(_remaining(masks).values()) == round(rate * remaining)
     # pruned entries stay pruned
     assert not bool((masks["2.weight"] & ~sk.get_masks(model)["2.weight"]).any())
 
 
-def test_prune_masks_removes_the_smallest_magnitudes() -> None:
+def test_imp_masks_removes_the_smallest_magnitudes() -> None:
     torch.manual_seed(1)
     model = _mlp()
-    masks = lottery.prune_masks(model, 0.3, scope="layer")
+    masks = lottery.imp_masks(model, 0.3, scope="layer")
     for name, w in sk.prunable_weights(model).items():
         a = w.detach().abs()
         assert float(a[~masks[name]].max()) <= float(a[masks[name]].min())
-    glob = lottery.prune_masks(model, 0.3, scope="global")
+    glob = lottery.imp_masks(model, 0.3, scope="global")
     all_w = {n: w.detach().abs() for n, w in sk.prunable_weights(model).items()}
     pruned_max = max(float(all_w[n][~m].max()) for n, m in glob.items() if (~m).any())
     kept_min = min(float(all_w[n][m].min()) for n, m in glob.items())
@@ -152,25 +97,25 @@ def test_prune_masks_removes_the_smallest_magnitudes() -> None:
 def test_global_with_output_rate_prunes_output_on_its_own() -> None:
     torch.manual_seed(2)
     model = _mlp()
-    masks = lottery.prune_masks(model, 0.4, scope="global", layer_rates={"4.weight": 0.2})
+    masks = lottery.imp_masks(model, 0.4, scope="global", layer_rates={"4.weight": 0.2})
     assert int((~masks["4.weight"]).sum()) == round(0.2 * 320)
     hidden = ["0.weight", "2.weight"]
     assert sum(int((~masks[n]).sum()) for n in hidden) == round(0.4 * (32 * 40 + 32 * 32))
 
 
-def test_prune_masks_bad_input() -> None:
+def test_imp_masks_bad_input() -> None:
     model = _mlp()
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="rate"):
-            lottery.prune_masks(model, bad)
+            lottery.imp_masks(model, bad)
     with pytest.raises(TypeError, match="rate"):
-        lottery.prune_masks(model, "0.2")
+        lottery.imp_masks(model, "0.2")
     with pytest.raises(ValueError, match="scope"):
-        lottery.prune_masks(model, 0.2, scope="row")
+        lottery.imp_masks(model, 0.2, scope="row")
     with pytest.raises(ValueError, match="unknown weight name"):
-        lottery.prune_masks(model, 0.2, layer_rates={"9.weight": 0.1})
+        lottery.imp_masks(model, 0.2, layer_rates={"9.weight": 0.1})
     with pytest.raises(ValueError, match="layer_rates"):
-        lottery.prune_masks(model, 0.2, layer_rates={"4.weight": 1.5})
+        lottery.imp_masks(model, 0.2, layer_rates={"4.weight": 1.5})
 
 
 def test_output_layer() -> None:
@@ -201,8 +146,8 @@ def test_imp_sparsity_per_round_and_nested_masks() -> None:
             assert not bool((cur.masks[name] & ~prev.masks[name]).any())  # pruned stays pruned
     total = sum(counts.values())
     kept_total = sum(int(m.sum()) for m in res.rounds[3].masks.values())
-    assert math.isclose(res.remaining()[3], kept_total / total)
-    assert len(res.test_acc()) == 4 and len(res.test_acc("early_stop")) == 4
+    assert math.isclose(res.remaining[3], kept_total / total)
+    assert len(res.test_acc) == 4 and len(res.early_stop_test_acc) == 4
     for r in res.rounds:
         assert r.history.steps == [5, 10, 15, 20] and len(r.test_curve) == 4
         assert r.early_stop_step in r.history.steps
@@ -213,7 +158,7 @@ def test_imp_rewinds_to_init_exactly() -> None:
     """With a frozen optimizer, each round's trained state is the rewind state times its mask."""
     res = lottery.imp(_mlp, DATA, rounds=2, steps=5, optimizer_fn=_frozen, progress=False)
     sk.seed_everything(0)
-    init = lottery.snapshot(_mlp())
+    init = sk.snapshot(_mlp())
     assert all(torch.equal(init[k], v) for k, v in res.rewind_state.items())
     for r in res.rounds[1:]:
         for name, value in r.state.items():
@@ -228,7 +173,7 @@ def test_imp_rewind_point_is_iteration_k() -> None:
     model = _mlp()
     loader = sk.data.loader(DATA.x_train, DATA.y_train, 128, shuffle=True, seed=0)
     sk.train.train(model, loader, steps=k, optimizer=lottery.default_optimizer(model), progress=False)
-    expect = lottery.snapshot(model)
+    expect = sk.snapshot(model)
     assert all(torch.equal(expect[n], v) for n, v in res.rewind_state.items())
     assert not torch.equal(res.rewind_state["0.weight"], res.rounds[0].state["0.weight"])
     # the retrained round runs steps - k iterations and reports iterations from init
@@ -240,7 +185,7 @@ def test_imp_is_deterministic_and_seeded() -> None:
     a = lottery.imp(_mlp, DATA, rounds=1, steps=10, seed=3, progress=False)
     b = lottery.imp(_mlp, DATA, rounds=1, steps=10, seed=3, progress=False)
     c = lottery.imp(_mlp, DATA, rounds=1, steps=10, seed=4, progress=False)
-    assert a.test_acc() == b.test_acc()
+    assert a.test_acc == b.test_acc
     assert all(torch.equal(a.rounds[1].masks[n], b.rounds[1].masks[n]) for n in a.rounds[1].masks)
     assert not torch.equal(a.rewind_state["0.weight"], c.rewind_state["0.weight"])
 
@@ -281,9 +226,8 @@ def test_imp_bad_input() -> None:
         lottery.imp(_mlp, DATA, rounds=1, steps=5, output_rate=2.0)
     with pytest.raises(TypeError, match="nn.Module"):
         lottery.imp(lambda: "model", DATA, rounds=1, steps=5)
-    res = lottery.imp(_mlp, DATA, rounds=0, steps=2, progress=False)
-    with pytest.raises(ValueError, match="at"):
-        res.test_acc("best")
+    with pytest.raises(TypeError, match="seed"):
+        lottery.imp(_mlp, DATA, rounds=1, steps=5, seed=1.0)
 
 
 # --- controls and one-shot -----------------------------------------------------------
@@ -334,59 +278,29 @@ def test_retrain_bad_input(frozen_result: lottery.IMPResult) -> None:
         lottery.retrain({}, {})
 
 
-# --- linear mode connectivity --------------------------------------------------------
-
-
-def test_error_barrier() -> None:
-    assert lottery.error_barrier([0.1, 0.5, 0.3]) == pytest.approx(0.3)
-    assert lottery.error_barrier([0.2, 0.1, 0.2]) == pytest.approx(0.0)
-    assert lottery.error_barrier([0.2, 0.2]) == 0.0
-    with pytest.raises(ValueError, match="two"):
-        lottery.error_barrier([0.1])
-
-
-def test_interpolate_states() -> None:
-    a = {"w": torch.zeros(3), "n": torch.tensor(4)}
-    b = {"w": torch.ones(3), "n": torch.tensor(9)}
-    assert torch.equal(lottery.interpolate_states(a, b, 0.0)["w"], a["w"])
-    assert torch.equal(lottery.interpolate_states(a, b, 1.0)["w"], b["w"])
-    mid = lottery.interpolate_states(a, b, 0.25)
-    assert torch.allclose(mid["w"], torch.full((3,), 0.25)) and int(mid["n"]) == 4
-    with pytest.raises(ValueError, match="alpha"):
-        lottery.interpolate_states(a, b, 1.5)
-    with pytest.raises(ValueError, match="keys"):
-        lottery.interpolate_states(a, {"w": b["w"]}, 0.5)
-
-
-def test_instability_of_identical_runs_is_zero() -> None:
-    # a frozen optimizer makes both copies identical: the error is flat along the line
-    lmc = lottery.instability(_mlp, DATA, rewind_step=0, steps=3, optimizer_fn=_frozen, num_alphas=5,
-                              progress=False)
-    assert lmc.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert max(lmc.errors) - min(lmc.errors) < 1e-9 and abs(lmc.barrier) < 1e-9
-
-
-def test_instability_trained_copies_differ_and_barrier_is_consistent() -> None:
-    masks = {"0.weight": torch.rand(32, 40, generator=torch.Generator().manual_seed(0)) > 0.5}
-    lmc = lottery.instability(_mlp, DATA, rewind_step=4, steps=40, masks=masks, num_alphas=5, progress=False)
-    assert lmc.barrier == pytest.approx(lottery.error_barrier(lmc.errors))
-    assert lmc.end_acc == (pytest.approx(1 - lmc.errors[0]), pytest.approx(1 - lmc.errors[-1]))
-    assert all(0.0 <= e <= 1.0 for e in lmc.errors)
-
-
-def test_instability_bad_input() -> None:
-    with pytest.raises(ValueError, match="data_seeds"):
-        lottery.instability(_mlp, DATA, rewind_step=0, steps=3, data_seeds=(1, 1))
-    with pytest.raises(ValueError, match="rewind_step"):
-        lottery.instability(_mlp, DATA, rewind_step=3, steps=3)
-    with pytest.raises(ValueError, match="num_alphas"):
-        lottery.instability(_mlp, DATA, rewind_step=0, steps=3, num_alphas=1)
-    with pytest.raises(TypeError, match="model_fn"):
-        lottery.instability(None, DATA, rewind_step=0, steps=3)
-
-
-def test_prune_masks_refuses_to_empty_a_layer() -> None:
+def test_imp_masks_refuses_to_empty_a_layer() -> None:
     model = _mlp()
     sk.apply_masks(model, {"2.weight": torch.arange(32 * 32).reshape(32, 32) < 2})
     with pytest.raises(ValueError, match=r"2\.weight.*layer collapse"):
-        lottery.prune_masks(model, 0.8, scope="layer")
+        lottery.imp_masks(model, 0.8, scope="layer")
+
+
+# --- issue 12: one form for per-round results -----------------------------------------
+
+
+def test_imp_result_views_are_properties_named_like_the_round_fields(frozen_result: lottery.IMPResult) -> None:
+    """``IMPResult.x`` is ``[r.x for r in rounds]`` for the Round fields, all properties (no calls)."""
+    rounds = frozen_result.rounds
+    for field in ("remaining", "test_acc", "early_stop_test_acc", "early_stop_step"):
+        assert isinstance(getattr(type(frozen_result), field), property), field
+        assert getattr(frozen_result, field) == [getattr(r, field) for r in rounds], field
+    assert frozen_result.remaining[0] == 1.0
+
+
+def test_one_shot_prunes_to_the_compounded_imp_sparsity(frozen_result: lottery.IMPResult) -> None:
+    """One-shot to round 2 prunes each layer as imp_sparsity(rate, 2) says, exactly."""
+    run = lottery.one_shot(frozen_result, 2, progress=False)
+    for name, mask in run.masks.items():
+        rate = sk.imp_sparsity(0.1 if name == "4.weight" else 0.2, 2)
+        assert int((~mask).sum()) == round(rate * mask.numel()), name
+

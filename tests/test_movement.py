@@ -282,11 +282,11 @@ def test_schedule_bad_input(kwargs, match):
 
 @pytest.mark.parametrize("method", mv.METHODS)
 @pytest.mark.parametrize("target", [0.9, 0.97])
-def test_prune_finetune_hits_target_sparsity(method, target):
+def test_apply_gradual_pruning_hits_target_sparsity(method, target):
     model = mlp()
     names = ["0.weight", "2.weight"]
-    res = mv.prune_finetune(model, toy_loader(), method=method, final_sparsity=target, steps=20,
-                            names=names, lam=0.1 if method == "soft_movement" else 0.0, progress=False)
+    res = mv.apply_gradual_pruning(model, toy_loader(), method=method, final_sparsity=target, steps=20,
+                                   names=names, lam=0.1 if method == "soft_movement" else 0.0, progress=False)
     total = sum(sk.prunable_weights(model)[n].numel() for n in names)
     expected_pruned = sum(round(target * sk.prunable_weights(model)[n].numel()) for n in names)
     if method == "soft_movement":  # one global threshold: the total is exact
@@ -304,8 +304,8 @@ def test_prune_finetune_hits_target_sparsity(method, target):
 def test_soft_movement_fixed_tau_lambda_sets_sparsity():
     def run(lam: float) -> float:
         model = mlp()
-        res = mv.prune_finetune(model, toy_loader(), method="soft_movement", final_sparsity=0.5, steps=40,
-                                lam=lam, tau=0.1, score_lr=0.1, progress=False)
+        res = mv.apply_gradual_pruning(model, toy_loader(), method="soft_movement", final_sparsity=0.5,
+                                       steps=40, lam=lam, tau=0.1, score_lr=0.1, progress=False)
         return res.sparsity
 
     assert run(0.0) < run(50.0)
@@ -321,10 +321,10 @@ def test_soft_movement_fixed_tau_lambda_sets_sparsity():
     ({"method": "soft_movement", "tau": 2.0}, ValueError, "tau"),
     ({"method": "magnitude", "prune_every": 0}, ValueError, "prune_every"),
 ])
-def test_prune_finetune_bad_input(kwargs, exc, match):
+def test_apply_gradual_pruning_bad_input(kwargs, exc, match):
     args = {"final_sparsity": 0.5, "steps": 10, "progress": False} | kwargs
     with pytest.raises(exc, match=match):
-        mv.prune_finetune(mlp(), toy_loader(), **args)
+        mv.apply_gradual_pruning(mlp(), toy_loader(), **args)
 
 
 # --- the pre-trained model ---------------------------------------------------------------------
@@ -434,3 +434,160 @@ def test_accumulate_movement_missing_layer_is_a_named_error():
     with pytest.raises(ValueError, match=r"scores has no entry for \['2.weight'\]"):
         mv.accumulate_movement(scores, model)
     assert set(mv.accumulate_movement(scores, model, names=["0.weight"])) == {"0.weight"}
+
+
+# --- issue 12: apply_gradual_pruning (was prune_finetune) -------------------------------
+
+
+def _state(model: nn.Module) -> tuple[dict, list, list]:
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            [(n, None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()],
+            [m.training for m in model.modules()])
+
+
+def _assert_as_before(model: nn.Module, before: tuple[dict, list, list], params: list) -> None:
+    state, grads, modes = before
+    now = model.state_dict()
+    assert list(now) == list(state)  # no parametrization left behind (keys as before)
+    assert all(torch.equal(now[k], v) for k, v in state.items())
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in grads]
+    assert all(p.grad is None for p in model.parameters())
+    assert [m.training for m in model.modules()] == modes
+    assert all(a is b for a, b in zip(model.parameters(), params))  # same Parameter objects
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_old_name_is_gone():
+    assert not hasattr(mv, "prune_finetune")
+
+
+@pytest.mark.parametrize("method", mv.METHODS)
+def test_empty_loader_raises_before_anything_is_attached(method):
+    """It used to attach the ScoreMasks first and fail inside train(), leaving them behind."""
+    model = mlp()
+    model[0].eval()  # a frozen layer must stay frozen
+    before, params = _state(model), list(model.parameters())
+    empty = sk.data.loader(torch.randn(0, 8), torch.zeros(0, dtype=torch.long), batch_size=4)
+    with pytest.raises(ValueError, match="train_loader is empty: fine-tuning needs at least one batch"):
+        mv.apply_gradual_pruning(model, empty, method=method, final_sparsity=0.5, steps=10, progress=False)
+    _assert_as_before(model, before, params)
+
+
+class _BadLoader:
+    """Two good batches, then one the model cannot take: the run fails after pruning began."""
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.batches = [(torch.randn(4, 8, generator=gen), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
+        self.batches.append((torch.randn(4, 5), torch.tensor([0, 1, 2, 0])))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+@pytest.mark.parametrize("method", mv.METHODS)
+def test_error_mid_run_leaves_the_model_as_it_was(method):
+    model = mlp()
+    model.eval()
+    before, params = _state(model), list(model.parameters())
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        mv.apply_gradual_pruning(model, _BadLoader(), method=method, final_sparsity=0.5, steps=10,
+                                 warmup=0.0, cooldown=0.5, lam=0.1 if method == "soft_movement" else 0.0,
+                                 progress=False)
+    _assert_as_before(model, before, params)
+
+
+def test_error_keeps_masks_the_model_already_had():
+    model = mlp()
+    mask = torch.ones(16, 8, dtype=torch.bool)
+    mask[:, 0] = False
+    sk.apply_masks(model, {"0.weight": mask})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError):
+        mv.apply_gradual_pruning(model, _BadLoader(), method="magnitude", final_sparsity=0.5, steps=10,
+                                 warmup=0.0, cooldown=0.5, progress=False)
+    assert list(model.state_dict()) == list(state)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert torch.equal(sk.get_masks(model)["0.weight"], mask) and list(sk.get_masks(model)) == ["0.weight"]
+
+
+@pytest.mark.parametrize("method", mv.METHODS)
+def test_optimizer_factory_gets_the_param_groups(method):
+    seen = []
+
+    def factory(groups):
+        seen.append([(len(g["params"]), g["lr"]) for g in groups])
+        return torch.optim.SGD(groups, momentum=0.9)
+
+    model = mlp()
+    mv.apply_gradual_pruning(model, toy_loader(), method=method, final_sparsity=0.5, steps=4, lr=0.01,
+                             score_lr=0.5, optimizer=factory, progress=False)
+    n_own = len(list(mlp().parameters()))
+    if method in ("magnitude", "random"):
+        assert seen == [[(n_own, 0.01)]]
+    else:
+        assert seen == [[(n_own, 0.01), (2, 0.5)]]  # the scores of 0.weight and 2.weight
+
+
+def test_default_optimizer_is_adam_with_the_group_rates():
+    a, b = mlp(), mlp()
+    ra = mv.apply_gradual_pruning(a, toy_loader(), method="movement", final_sparsity=0.5, steps=6, progress=False)
+    rb = mv.apply_gradual_pruning(b, toy_loader(), method="movement", final_sparsity=0.5, steps=6,
+                                  optimizer=torch.optim.Adam, progress=False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert ra.history.train_loss == rb.history.train_loss
+
+
+def test_optimizer_factory_is_checked():
+    model = mlp()
+    before, params = _state(model), list(model.parameters())
+    with pytest.raises(TypeError, match="optimizer must be a callable param groups -> torch.optim.Optimizer"):
+        mv.apply_gradual_pruning(model, toy_loader(), method="movement", final_sparsity=0.5, steps=4,
+                                 optimizer="adam", progress=False)
+    with pytest.raises(TypeError, match="optimizer must return a torch.optim.Optimizer, got list"):
+        mv.apply_gradual_pruning(model, toy_loader(), method="movement", final_sparsity=0.5, steps=4,
+                                 optimizer=lambda groups: groups, progress=False)
+    _assert_as_before(model, before, params)
+
+
+# --- issue 12: ScoreMask.current_mask -------------------------------------------------
+
+
+def test_current_mask_is_the_mask_applied_and_finalize_uses_it(monkeypatch):
+    model = mlp()
+    mv.attach_scores(model, ["0.weight"])
+    with torch.no_grad():
+        mv.score_parameters(model)["0.weight"].copy_(torch.randn(16, 8, generator=torch.Generator().manual_seed(2)))
+    mv.update_hard(model, 0.75)
+    sm = sk.masking.find_parametrization(model[0], mv.ScoreMask)
+    current = sm.current_mask()
+    assert current.dtype == torch.bool and int((~current).sum()) == 96
+    assert torch.equal(model[0].weight == 0, ~current)  # what the forward pass applies
+    current[:] = True
+    assert int((~sm.current_mask()).sum()) == 96  # a copy
+    calls = []
+    original = mv.ScoreMask.current_mask
+
+    def spy(self):
+        calls.append(self)
+        return original(self)
+
+    monkeypatch.setattr(mv.ScoreMask, "current_mask", spy)
+    masks = mv.finalize(model)
+    assert calls == [sm] and int((~masks["0.weight"]).sum()) == 96
+
+
+def test_schedule_uses_the_library_cubic_schedule(monkeypatch):
+    calls = []
+
+    def spy(step, final_sparsity, **kwargs):
+        calls.append((step, kwargs["begin_step"], kwargs["end_step"]))
+        return sk.cubic_sparsity(step, final_sparsity, **kwargs)
+
+    monkeypatch.setattr(mv, "cubic_sparsity", spy)
+    schedule = mv.Schedule(0.9, 100, warmup=0.1, cooldown=0.3)
+    assert schedule(40) == sk.cubic_sparsity(40, 0.9, begin_step=10, end_step=70)
+    assert calls == [(40, 10, 70)]

@@ -122,16 +122,16 @@ import ast  # noqa: E402
 
 TAINT_SOURCES = {
     # training (sparsekit.train, chapter loops that train inside)
-    "fine_tune", "iterative_prune", "imp", "retrain", "random_reinit", "random_mask", "one_shot",
-    "instability", "prune_finetune", "make_pretrained",
+    "fine_tune", "apply_iterative_pruning", "imp", "retrain", "random_reinit", "random_mask", "one_shot",
+    "instability", "apply_gradual_pruning", "make_pretrained",
     # evaluation of a model: float accumulation
     "evaluate", "accuracy", "sensitivity_scan",
     # timing
     "time_fn", "interleaved_times", "compare_layouts", "perf_counter", "monotonic", "process_time",
 }
 # sparsekit functions that change their first argument in place
-IN_PLACE = {"apply_masks", "remove_masks", "prune", "apply_nm", "apply_ste", "finalize_ste", "rewind",
-            "load_masked_state_dict", "attach_scores", "finalize", "fine_tune", "train", "iterative_prune"}
+IN_PLACE = {"apply_masks", "remove_masks", "apply_magnitude_pruning", "apply_nm", "apply_ste", "finalize_ste", "rewind",
+            "load_masked_state_dict", "attach_scores", "finalize", "fine_tune", "train", "apply_iterative_pruning"}
 MUTATING_METHODS = {"append", "extend", "update", "add", "insert", "setdefault", "copy_", "load_state_dict",
                     "__setitem__"}
 STRICT_MARK = "# nbval: strict"

@@ -340,3 +340,71 @@ def test_scores_work_inside_no_grad_and_inference_mode(context):
             assert torch.equal(got[kind][name], ref[kind][name]), (kind, name)
             assert not got[kind][name].is_inference()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+# --- issue 12: the same masks= argument on all five score functions ---------------------
+
+_ALL_FIVE = ["magnitude", "random", "snip", "grasp", "synflow"]
+
+
+def _call(method: str, model: nn.Module, **kwargs):
+    x, y = _batch(16)
+    args = {"magnitude": (), "random": (5,), "snip": (x, y), "grasp": (x, y), "synflow": (x,)}[method]
+    return getattr(scores, method)(model, *args, **kwargs)
+
+
+@pytest.mark.parametrize("method", _ALL_FIVE)
+def test_masks_is_the_same_keyword_only_argument_everywhere(method: str) -> None:
+    import inspect
+
+    param = inspect.signature(getattr(scores, method)).parameters["masks"]
+    assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None
+
+
+@pytest.mark.parametrize("method", _ALL_FIVE)
+def test_masks_argument_scores_as_if_applied(method: str) -> None:
+    """``fn(plain, masks=m)`` equals ``fn(model with m applied)``; pruned entries score exactly 0;
+    the model is unchanged. (``magnitude`` and ``random`` had no ``masks`` before.)"""
+    torch.manual_seed(0)
+    plain = sk.models.CNN1d()
+    masks = sk.select_masks(sk.scores.random(plain, 0), 0.7)
+    masked = copy.deepcopy(plain)
+    sk.apply_masks(masked, masks)
+    snap = _snapshot(plain)
+    via_argument = _call(method, plain, masks=masks)
+    _assert_unchanged(plain, snap)
+    on_masked = _call(method, masked)
+    unmasked = _call(method, plain)
+    for k, m in masks.items():
+        assert torch.allclose(via_argument[k], on_masked[k], rtol=1e-5, atol=1e-9), k
+        assert bool((via_argument[k][~m] == 0).all()) and bool((on_masked[k][~m] == 0).all()), k
+    if method in ("magnitude", "random"):  # scores that do not depend on the rest of the network
+        for k, m in masks.items():
+            assert torch.equal(via_argument[k][m], unmasked[k][m]), k
+
+
+@pytest.mark.parametrize("method", _ALL_FIVE)
+def test_masks_argument_intersects_with_the_models_own(method: str) -> None:
+    torch.manual_seed(0)
+    model = sk.models.MLP()
+    first = sk.select_masks(sk.scores.random(model, 1), 0.5)
+    second = sk.select_masks(sk.scores.random(model, 2), 0.5)
+    sk.apply_masks(model, first)
+    out = _call(method, model, masks=second)
+    for k in first:
+        kept = first[k] & second[k]
+        assert bool((out[k][~kept] == 0).all()), k
+        assert bool((out[k][kept] != 0).any()), k
+
+
+@pytest.mark.parametrize("method", _ALL_FIVE)
+def test_bad_masks_are_refused_alike(method: str) -> None:
+    model = sk.models.MLP()
+    with pytest.raises(ValueError, match="masks has unknown weight name 'fc.weight'; allowed names: 0.weight"):
+        _call(method, model, masks={"fc.weight": torch.ones(10, 256, dtype=torch.bool)})
+    with pytest.raises(TypeError, match=r"masks\['4.weight'\] must be a bool tensor, got torch.float32"):
+        _call(method, model, masks={"4.weight": torch.ones(10, 256)})
+    with pytest.raises(ValueError, match=r"masks\['4.weight'\] has shape \(256, 10\), the weight has shape"):
+        _call(method, model, masks={"4.weight": torch.ones(256, 10, dtype=torch.bool)})
+    with pytest.raises(TypeError, match="masks must be a mapping name -> bool tensor or None, got list"):
+        _call(method, model, masks=[1])

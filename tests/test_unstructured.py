@@ -36,7 +36,7 @@ def assert_exactly_pruned(model, count):
 def test_prune_layer_scope_gives_exact_per_layer_counts_of_smallest_weights():
     model = mlp()
     before = {k: v.detach().clone() for k, v in sk.prunable_weights(model).items()}
-    masks = un.prune(model, 0.5, "layer")
+    masks = un.apply_magnitude_pruning(model, 0.5, "layer")
     for name, w in before.items():
         assert int((~masks[name]).sum()) == round(0.5 * w.numel())
         # every pruned |w| <= every kept |w|
@@ -47,7 +47,7 @@ def test_prune_layer_scope_gives_exact_per_layer_counts_of_smallest_weights():
 def test_prune_global_uses_one_threshold():
     model = mlp()
     w = {k: v.detach().abs().clone() for k, v in sk.prunable_weights(model).items()}
-    masks = un.prune(model, 0.6, "global", min_keep=0.0)
+    masks = un.apply_magnitude_pruning(model, 0.6, "global", min_keep=0.0)
     pruned = torch.cat([w[k][~m] for k, m in masks.items()])
     kept = torch.cat([w[k][m] for k, m in masks.items()])
     assert pruned.max() <= kept.min()
@@ -60,38 +60,38 @@ def test_min_keep_guard_prevents_layer_collapse():
         sk.prunable_weights(model)["2.weight"].mul_(1e-3)  # the small layer global pruning empties
     unguarded = sk.select_masks(sk.scores.magnitude(model), 0.9, "global")
     assert unguarded["2.weight"].sum() == 0
-    masks = un.prune(model, 0.9, "global")  # default guard
+    masks = un.apply_magnitude_pruning(model, 0.9, "global")  # default guard
     assert masks["2.weight"].sum() >= math.ceil(un.DEFAULT_MIN_KEEP * 256)
     with pytest.raises(ValueError):
-        un.prune(mlp(), 0.995, "global", min_keep=0.01)
+        un.apply_magnitude_pruning(mlp(), 0.995, "global", min_keep=0.01)
 
 
 def test_prune_with_random_scores_and_repeated_pruning_only_grows():
     model = mlp()
-    m1 = un.prune(model, 0.3, scores=sk.scores.random(model, 1))
-    m2 = un.prune(model, 0.6)
+    m1 = un.apply_magnitude_pruning(model, 0.3, scores=sk.scores.random(model, 1))
+    m2 = un.apply_magnitude_pruning(model, 0.6)
     for k in m1:
         assert not (m2[k] & ~m1[k]).any()  # nothing revived
     assert_exactly_pruned(model, round(0.6 * TOTAL))
     with pytest.raises(ValueError, match="sparsity can only grow"):
-        un.prune(model, 0.2)
+        un.apply_magnitude_pruning(model, 0.2)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
 def test_prune_bad_sparsity(bad):
     with pytest.raises(ValueError, match="sparsity"):
-        un.prune(mlp(), bad)
+        un.apply_magnitude_pruning(mlp(), bad)
 
 
 def test_prune_bad_scope():
     with pytest.raises(ValueError, match="scope"):
-        un.prune(mlp(), 0.5, "row")
+        un.apply_magnitude_pruning(mlp(), 0.5, "row")
 
 
 def test_fine_tune_holds_masks_and_requires_them():
     x, y, loader = tiny_data()
     model = mlp()
-    masks = un.prune(model, 0.8, "layer")
+    masks = un.apply_magnitude_pruning(model, 0.8, "layer")
     un.fine_tune(model, loader, steps=5, lr=1e-2, progress=False)
     for name, w in sk.effective_weights(model).items():
         assert (w[~masks[name]] == 0).all()
@@ -99,16 +99,16 @@ def test_fine_tune_holds_masks_and_requires_them():
         un.fine_tune(mlp(), loader, steps=1, progress=False)
 
 
-def test_iterative_prune_reaches_final_sparsity_geometrically():
+def test_apply_iterative_pruning_reaches_final_sparsity_geometrically():
     _, _, loader = tiny_data()
     model = mlp()
-    reached = un.iterative_prune(model, loader, 0.875, rounds=3, epochs_per_round=1, progress=False)
+    reached = un.apply_iterative_pruning(model, loader, 0.875, rounds=3, epochs_per_round=1, progress=False)
     assert reached == pytest.approx([0.5, 0.75, 0.875])
     assert_exactly_pruned(model, round(0.875 * TOTAL))
     with pytest.raises(ValueError, match="rounds"):
-        un.iterative_prune(model, loader, 0.9, rounds=0, epochs_per_round=1)
+        un.apply_iterative_pruning(model, loader, 0.9, rounds=0, epochs_per_round=1)
     with pytest.raises(ValueError, match="epochs_per_round"):
-        un.iterative_prune(model, loader, 0.9, rounds=1, epochs_per_round=0)
+        un.apply_iterative_pruning(model, loader, 0.9, rounds=1, epochs_per_round=0)
 
 
 def test_gradual_pruning_hook_follows_the_cubic_schedule():
@@ -160,10 +160,53 @@ def test_sensitivity_scan_changes_accuracy_when_a_layer_is_removed():
 @given(st.floats(0.0, 0.95), st.sampled_from(["global", "layer"]), st.integers(0, 3))
 def test_property_prune_reaches_sparsity(s, scope, seed):
     model = mlp(seed)
-    un.prune(model, s, scope, min_keep=0.0)
+    un.apply_magnitude_pruning(model, s, scope, min_keep=0.0)
     total = sum(w.numel() for w in sk.prunable_weights(model).values())
     zeros = sum(int((~m).sum()) for m in sk.get_masks(model).values())
     if scope == "global":
         assert zeros == round(s * total)
     else:
         assert zeros == sum(round(s * w.numel()) for w in sk.prunable_weights(model).values())
+
+
+# --- issue 12: one API style, one geometric schedule ----------------------------------
+
+
+def test_names_follow_the_naming_rule():
+    """In-place functions are ``apply_*``; the old ``prune`` / ``iterative_prune`` are gone."""
+    for old in ("prune", "iterative_prune"):
+        assert not hasattr(un, old), old
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = un.apply_magnitude_pruning(model, 0.5, "layer")
+    assert sk.get_masks(model).keys() == masks.keys()  # changed in place
+    assert any(not torch.equal(before[k], v) for k, v in sk.prunable_weights(model).items() if k in before)
+
+
+def test_apply_iterative_pruning_uses_the_library_geometric_schedule(monkeypatch):
+    """The per-round sparsities come from select.geometric_schedule (no second copy of the formula)."""
+    calls = []
+
+    def spy(final_sparsity, rounds, initial_sparsity=0.0):
+        calls.append((final_sparsity, rounds))
+        return sk.select.geometric_schedule(final_sparsity, rounds, initial_sparsity)
+
+    monkeypatch.setattr(un, "geometric_schedule", spy)
+    _, _, loader = tiny_data()
+    model = mlp()
+    reached = un.apply_iterative_pruning(model, loader, 0.9, rounds=2, epochs_per_round=1, progress=False)
+    assert calls == [(0.9, 2)]
+    assert reached == sk.select.geometric_schedule(0.9, 2) and reached[-1] == 0.9
+    assert_exactly_pruned(model, round(0.9 * TOTAL))
+
+
+def test_gradual_pruning_uses_the_library_cubic_schedule(monkeypatch):
+    calls = []
+
+    def spy(step, final_sparsity, **kwargs):
+        calls.append(step)
+        return sk.cubic_sparsity(step, final_sparsity, **kwargs)
+
+    monkeypatch.setattr(un, "cubic_sparsity", spy)
+    hook = un.GradualPruning(0.8, begin_step=2, end_step=10, every=4)
+    assert hook.sparsity_at(6) == sk.cubic_sparsity(6, 0.8, begin_step=2, end_step=10) and 6 in calls

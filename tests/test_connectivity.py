@@ -1,0 +1,98 @@
+"""Tests for sparsekit.connectivity: linear mode connectivity (Frankle et al. 2020)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparsekit as sk
+from sparsekit import connectivity
+from sparsekit.data import Splits
+
+
+def _splits(n_val: int = 64) -> Splits:
+    """A small learnable synthetic task: the class is the argmax of 10 fixed projections."""
+    gen = torch.Generator().manual_seed(0)
+    proj = torch.randn(40, 10, generator=gen)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, 40, generator=gen)
+        return x, (x @ proj).argmax(dim=1)
+
+    (xt, yt), (xv, yv), (xs, ys) = make(256), make(n_val), make(128)
+    return Splits(xt, yt, xv, yv, xs, ys)
+
+
+def _mlp() -> torch.nn.Module:
+    return sk.models.MLP(40, (32, 32), 10)
+
+
+def _frozen(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """An optimizer that never moves a weight: trained state == starting state."""
+    return torch.optim.SGD(model.parameters(), lr=0.0)
+
+
+DATA = _splits()
+
+
+def test_lives_in_its_own_module() -> None:
+    assert sk.connectivity is connectivity
+    for name in ("interpolate_states", "error_barrier", "LMCResult", "instability"):
+        assert hasattr(connectivity, name) and not hasattr(sk.lottery, name), name
+
+
+def test_error_barrier() -> None:
+    assert connectivity.error_barrier([0.1, 0.5, 0.3]) == pytest.approx(0.3)
+    assert connectivity.error_barrier([0.2, 0.1, 0.2]) == pytest.approx(0.0)
+    assert connectivity.error_barrier([0.2, 0.2]) == 0.0
+    with pytest.raises(ValueError, match="two"):
+        connectivity.error_barrier([0.1])
+
+
+def test_interpolate_states() -> None:
+    a = {"w": torch.zeros(3), "n": torch.tensor(4)}
+    b = {"w": torch.ones(3), "n": torch.tensor(9)}
+    assert torch.equal(connectivity.interpolate_states(a, b, 0.0)["w"], a["w"])
+    assert torch.equal(connectivity.interpolate_states(a, b, 1.0)["w"], b["w"])
+    mid = connectivity.interpolate_states(a, b, 0.25)
+    assert torch.allclose(mid["w"], torch.full((3,), 0.25)) and int(mid["n"]) == 4
+    with pytest.raises(ValueError, match="alpha"):
+        connectivity.interpolate_states(a, b, 1.5)
+    with pytest.raises(ValueError, match="keys"):
+        connectivity.interpolate_states(a, {"w": b["w"]}, 0.5)
+
+
+def test_instability_of_identical_runs_is_zero() -> None:
+    # a frozen optimizer makes both copies identical: the error is flat along the line
+    lmc = connectivity.instability(_mlp, DATA, rewind_step=0, steps=3, optimizer_fn=_frozen, num_alphas=5,
+                              progress=False)
+    assert lmc.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert max(lmc.errors) - min(lmc.errors) < 1e-9 and abs(lmc.barrier) < 1e-9
+
+
+def test_instability_trained_copies_differ_and_barrier_is_consistent() -> None:
+    masks = {"0.weight": torch.rand(32, 40, generator=torch.Generator().manual_seed(0)) > 0.5}
+    lmc = connectivity.instability(_mlp, DATA, rewind_step=4, steps=40, masks=masks, num_alphas=5, progress=False)
+    assert lmc.barrier == pytest.approx(connectivity.error_barrier(lmc.errors))
+    assert lmc.end_acc == (pytest.approx(1 - lmc.errors[0]), pytest.approx(1 - lmc.errors[-1]))
+    assert all(0.0 <= e <= 1.0 for e in lmc.errors)
+
+
+def test_instability_bad_input() -> None:
+    with pytest.raises(ValueError, match="data_seeds"):
+        connectivity.instability(_mlp, DATA, rewind_step=0, steps=3, data_seeds=(1, 1))
+    with pytest.raises(ValueError, match="rewind_step"):
+        connectivity.instability(_mlp, DATA, rewind_step=3, steps=3)
+    with pytest.raises(ValueError, match="num_alphas"):
+        connectivity.instability(_mlp, DATA, rewind_step=0, steps=3, num_alphas=1)
+    with pytest.raises(TypeError, match="model_fn"):
+        connectivity.instability(None, DATA, rewind_step=0, steps=3)
+
+
+def test_instability_needs_no_validation_split() -> None:
+    """No early stopping here: a Splits without a validation split is fine (IMP refuses it)."""
+    lmc = connectivity.instability(_mlp, _splits(n_val=0), rewind_step=0, steps=2, optimizer_fn=_frozen,
+                                   num_alphas=2, progress=False)
+    assert lmc.barrier == 0.0
+    with pytest.raises(TypeError, match="data must be a sparsekit.data.Splits, got tuple"):
+        connectivity.instability(_mlp, (DATA.x_train, DATA.y_train), rewind_step=0, steps=2)
