@@ -57,7 +57,7 @@ def _summed_loss(loss_fn: LossFn) -> Callable[[Tensor, Tensor], float]:
     that also takes a ``reduction`` keyword (``F.cross_entropy``, ``F.nll_loss``, a
     ``functools.partial`` of them, a wrapper with ``reduction`` or ``**kwargs``) is asked
     for ``reduction="sum"`` directly: the exact sum, and a wrapper may leave a training
-    penalty out of the evaluation sum (as :func:`sparsekit.movement.prune_finetune` does).
+    penalty out of the evaluation sum (as :func:`sparsekit.movement.apply_gradual_pruning` does).
     """
     try:
         target = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn  # Module.__call__ takes **kwargs

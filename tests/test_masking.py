@@ -323,12 +323,12 @@ def test_load_masked_state_dict_with_two_parametrizations(order):
 @pytest.mark.parametrize("order", ["ste-first", "mask-first"])
 def test_snapshot_leaks_no_parametrization_state(order):
     model = _ste_and_mask(order)
-    snap = sk.lottery.snapshot(model)
+    snap = sk.snapshot(model)
     assert set(snap) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    sk.lottery.rewind(model, snap)
+    sk.rewind(model, snap)
     masks = sk.get_masks(model)
     for name in ("0.weight", "2.weight"):
         assert torch.equal(sk.prunable_weights(model)[name].detach(), snap[name])
