@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 # Chapter modules, imported on first attribute access.
 _LAZY_MODULES = (
-    "at_init", "connectivity", "execute", "graph", "kernels", "lottery", "movement", "nm", "pretrained",
+    "at_init", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm", "pretrained",
     "structured", "unstructured",
 )
 # Top-level names that live in a chapter module: name -> module.

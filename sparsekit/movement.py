@@ -1,7 +1,7 @@
 """Movement pruning (Sanh, Wolf & Rush 2020): score, mask and train at once, then finalize.
 
 The *score* is learned during the *train* step; the *mask* follows it after every step;
-*finalize* (:func:`finalize`) turns the learned scores into a fixed boolean mask. Prune by
+*finalize* (:func:`sparsekit.finalize.freeze_masks`) turns the learned scores into a fixed boolean mask. Prune by
 how weights *move* while fine-tuning.
 
 Magnitude pruning keeps the weights that are large; it is a *zeroth-order* criterion and
@@ -31,7 +31,7 @@ Three masks ``M(S)`` and one baseline, all under the cubic schedule of Zhu & Gup
 
 The scores live in :class:`ScoreMask`, a subclass of the common
 :class:`~sparsekit.masking.WeightMask` parametrization, so ``sk.get_masks``,
-``sk.sparsity`` and ``sk.remove_masks`` work during training; :func:`finalize` swaps the
+``sk.sparsity`` and ``sk.remove_masks`` work during training; :func:`sparsekit.finalize.freeze_masks` swaps the
 scores for a plain boolean mask at the end. :func:`apply_gradual_pruning` runs the whole
 loop for any of the methods, changing the model in place.
 """
@@ -61,6 +61,7 @@ from .masking import (
     prunable_weights,
 )
 from .select import _check_sparsity, cubic_sparsity, lowest_k, select_masks
+from .finalize import freeze_masks
 from .train import History, train
 
 METHODS = ("magnitude", "random", "movement", "soft_movement")
@@ -274,24 +275,6 @@ def _require_scores(model: nn.Module) -> dict[str, ScoreMask]:
     return sms
 
 
-def finalize(model: nn.Module) -> dict[str, Tensor]:
-    """Replace every :class:`ScoreMask` by a plain boolean ``WeightMask`` (scores dropped).
-
-    Afterwards the model is in the common pipeline state: ``sk.get_masks`` returns the
-    final masks, ``sk.remove_masks`` bakes zeros in, ``state_dict`` has no scores.
-    Returns the masks.
-    """
-    masks: dict[str, Tensor] = {}
-    modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
-    for name, sm in _require_scores(model).items():
-        masks[name] = sm.current_mask()
-        module = modules[name]
-        _detach_injected_class(module)  # deep copies must not share the injected class
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-    apply_masks(model, masks)
-    return masks
-
-
 # --- 3. one driver for all methods -------------------------------------------------------
 
 
@@ -425,7 +408,7 @@ def apply_gradual_pruning(
     :func:`param_groups` (weights at ``lr``, scores at ``score_lr``) for the movement
     methods. The default, ``torch.optim.Adam``, is Adam with those rates.
 
-    The model is changed in place and ends with plain boolean masks (:func:`finalize`).
+    The model is changed in place and ends with plain boolean masks (:func:`sparsekit.finalize.freeze_masks`).
     All-or-nothing: arguments and ``train_loader`` (which must not be empty) are checked
     before anything is attached, and on any error during the run the model is put back
     as it was (parametrizations, values, gradients, modes).
@@ -504,5 +487,5 @@ def _gradual(model: nn.Module, train_loader: DataLoader, *, method: str, schedul
 
     history = train(model, train_loader, steps=steps, optimizer=opt, loss_fn=loss_fn,
                     val_loader=val_loader, eval_every=steps, step_hook=hook, progress=progress, desc=desc)
-    masks = finalize(model) if method not in ("magnitude", "random") else get_masks(model)
+    masks = freeze_masks(model) if method not in ("magnitude", "random") else get_masks(model)
     return history, {n: masks[n] for n in chosen if n in masks}

@@ -226,7 +226,7 @@ def test_finalize_leaves_plain_masks():
         mv.score_parameters(model)["0.weight"].copy_(torch.randn(16, 8))
     mv.update_hard(model, 0.75)
     expected = sk.get_masks(model)["0.weight"]
-    masks = mv.finalize(model)
+    masks = sk.finalize.freeze_masks(model)
     assert torch.equal(masks["0.weight"], expected)
     assert mv.score_parameters(model) == {}
     assert not any("scores" in k for k in model.state_dict())
@@ -240,7 +240,7 @@ def test_finalize_on_deepcopy_leaves_original_working():
     model = mlp()
     mv.attach_scores(model)
     clone = copy.deepcopy(model)
-    mv.finalize(clone)
+    sk.finalize.freeze_masks(clone)
     x = torch.randn(2, 8)
     model(x)  # the original still has its scores and still runs
     assert set(mv.score_parameters(model)) == {"0.weight", "2.weight"}
@@ -576,7 +576,7 @@ def test_current_mask_is_the_mask_applied_and_finalize_uses_it(monkeypatch):
         return original(self)
 
     monkeypatch.setattr(mv.ScoreMask, "current_mask", spy)
-    masks = mv.finalize(model)
+    masks = sk.finalize.freeze_masks(model)
     assert calls == [sm] and int((~masks["0.weight"]).sum()) == 96
 
 

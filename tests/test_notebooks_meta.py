@@ -131,7 +131,7 @@ TAINT_SOURCES = {
 }
 # sparsekit functions that change their first argument in place
 IN_PLACE = {"apply_masks", "remove_masks", "apply_magnitude_pruning", "apply_nm", "apply_ste", "finalize_ste", "rewind",
-            "load_masked_state_dict", "attach_scores", "finalize", "fine_tune", "train", "apply_iterative_pruning"}
+            "load_masked_state_dict", "attach_scores", "freeze_masks", "fine_tune", "train", "apply_iterative_pruning"}
 MUTATING_METHODS = {"append", "extend", "update", "add", "insert", "setdefault", "copy_", "load_state_dict",
                     "__setitem__"}
 STRICT_MARK = "# nbval: strict"
