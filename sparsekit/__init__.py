@@ -8,7 +8,8 @@ Every technique is a point in one pipeline::
 ``apply_masks`` holds them through training (parametrizations), ``remove_masks`` bakes
 them in. Chapter modules (``structured``, ``lottery``, ``movement``, ``execute``,
 ``nm``, ``kernels``, ``at_init``) build on these; they are imported on first use
-(PEP 562), so ``import sparsekit`` stays fast and never imports Triton.
+(PEP 562), so ``import sparsekit`` stays fast and never imports Triton; ``viz`` too, so
+it never imports matplotlib.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import bench, data, models, report, scores, select, train, viz
+from . import bench, data, models, report, scores, select, train
 from .masking import (
     apply_masks,
     effective_weights,
@@ -31,9 +32,10 @@ from .select import cubic_sparsity, imp_sparsity, select_masks
 
 __version__ = "0.1.0"
 
-# Chapter modules, imported on first attribute access.
+# Chapter modules and ``viz`` (matplotlib), imported on first attribute access.
 _LAZY_MODULES = (
     "at_init", "execute", "graph", "kernels", "lottery", "movement", "nm", "pretrained", "structured", "unstructured",
+    "viz",
 )
 # Top-level names that live in a chapter module: name -> module.
 _LAZY_NAMES = {
@@ -57,6 +59,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "apply_masks", "bench", "cubic_sparsity", "data", "effective_weights", "get_masks",
     "imp_sparsity", "load_masked_state_dict", "models", "prunable_weights", "remove_masks",
-    "report", "scores", "seed_everything", "seeds", "select", "select_masks", "sparsity", "train", "viz",
+    "report", "scores", "seed_everything", "seeds", "select", "select_masks", "sparsity", "train",
     *_LAZY_MODULES, *_LAZY_NAMES,
 ]
