@@ -32,10 +32,10 @@ from .select import cubic_sparsity, imp_sparsity, select_masks
 
 __version__ = "0.1.0"
 
-# Chapter modules and ``viz`` (matplotlib), imported on first attribute access.
+# Chapter modules, ``synthetic`` and ``viz`` (matplotlib), imported on first attribute access.
 _LAZY_MODULES = (
     "at_init", "execute", "graph", "kernels", "lottery", "movement", "nm", "pretrained", "structured", "unstructured",
-    "viz",
+    "synthetic", "viz",
 )
 # Top-level names that live in a chapter module: name -> module.
 _LAZY_NAMES = {

@@ -49,3 +49,9 @@ def test_unstructured_mask_named_errors(args, exc, match):
 def test_block_mask_named_errors(args, exc, match):
     with pytest.raises(exc, match=match):
         synthetic.block_mask(*args)
+
+
+def test_synthetic_is_reachable_from_the_top_level():
+    import sparsekit as sk
+
+    assert sk.synthetic is synthetic and "synthetic" in dir(sk)
