@@ -212,12 +212,12 @@ def sparse_matmul(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tens
         raise ValueError(f"x must have shape [..., {in_features}] (weight.shape[1], the inner dimension), "
                          f"got {tuple(x.shape)}")
     _check_bias(bias, out_features)
+    if weight.layout == torch.strided:
+        return F.linear(x, weight, bias)  # F.linear checks dtypes itself (and follows autocast)
     dtypes = {"weight": weight.dtype, "x": x.dtype, **({} if bias is None else {"bias": bias.dtype})}
     if len(set(dtypes.values())) > 1:
         got = ", ".join(f"{k} {str(v).removeprefix('torch.')}" for k, v in dtypes.items())
         raise TypeError(f"weight, x and bias must share one dtype, got {got}")
-    if weight.layout == torch.strided:
-        return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     flat = x.reshape(-1, in_features)
     if flat.shape[0] == 0:
