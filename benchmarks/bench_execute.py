@@ -2,7 +2,7 @@
 
 A ``[4096 x 4096]`` Linear applied to a ``[256, 4096]`` batch (a ``[4096 x 4096]`` weight
 times a ``[4096 x 256]`` input). All candidates of one case are timed in the same run,
-interleaved round-robin (``sk.execute.compare_layouts``), so the *ratios* hold even on a
+interleaved round-robin (``sk.bench.compare``), so the *ratios* hold even on a
 loaded machine. Targets (issue 3): at 95 % unstructured sparsity "auto" is >= 1.8x
 faster than dense; with a 90 % block-sparse (32 x 32) mask >= 3x; at 50 % "auto" is no
 slower than 0.9x dense (it must choose dense).
@@ -27,6 +27,7 @@ from torch import nn
 
 import sparsekit as sk
 from sparsekit import execute as ex
+from sparsekit import synthetic
 
 N, BATCH = 4096, 256
 # (label, mask kind, sparsity, minimum speedup of "auto" over dense)
@@ -43,7 +44,8 @@ CASES = [
 def run_case(kind: str, sparsity: float, repeats: int) -> dict[str, object]:
     torch.manual_seed(0)
     linear = nn.Linear(N, N)
-    mask = ex.unstructured_mask((N, N), sparsity) if kind == "unstructured" else ex.block_mask((N, N), sparsity)
+    make = synthetic.unstructured_mask if kind == "unstructured" else synthetic.block_mask
+    mask = make((N, N), sparsity)
     sk.apply_masks(linear, {"weight": mask})
     dense = nn.Linear(N, N)
     with torch.no_grad():
@@ -55,8 +57,8 @@ def run_case(kind: str, sparsity: float, repeats: int) -> dict[str, object]:
     with torch.no_grad():
         for name, layer in layers.items():  # same function, whatever the layout
             torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-3, msg=f"{name} differs")
-    times = ex.compare_layouts({k: (lambda layer=layer: layer(x)) for k, layer in layers.items()},
-                               warmup=1, repeats=repeats)
+    times = sk.bench.compare({k: (lambda layer=layer: layer(x)) for k, layer in layers.items()},
+                             warmup=1, repeats=repeats)
     return {"auto_layout": layers["auto"].layout, "times": times}
 
 

@@ -8,6 +8,9 @@ sparsity:
 * one ``torch.kthvalue`` over the concatenated scores (a threshold only: the floor).
 
 Goals: select_masks >= 8x faster than global_unstructured, within 3x of kthvalue.
+The three are timed round-robin (``sk.bench.compare``: one warm-up round, the median of
+three), so background load hits them alike and the ratios are paired; the stock tool's
+15 s per call makes this about a minute on a 2-core CPU.
 Run: ``.venv/bin/python benchmarks/bench_select.py``.
 """
 
@@ -16,7 +19,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -26,15 +28,6 @@ from torch.nn.utils import prune
 import sparsekit as sk
 
 SPARSITY = 0.9
-
-
-def timed(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -59,9 +52,8 @@ def main() -> None:
     pruned = sum(int((~m).sum()) for m in masks.values())
     assert pruned == round(SPARSITY * n), (pruned, round(SPARSITY * n))
 
-    t_ours = timed(ours)
-    t_floor = timed(floor)
-    t_stock = timed(stock, repeats=1)
+    timings = sk.bench.compare({"ours": ours, "floor": floor, "stock": stock}, warmup=1, repeats=3)
+    t_ours, t_floor, t_stock = (timings[k].median for k in ("ours", "floor", "stock"))
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Global selection over 50 M weights (CPU)",
@@ -70,7 +62,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
         f"{now}; load average at start {os.getloadavg()[0]:.1f}",
         "",
-        "| method | seconds |",
+        "| method | seconds (median of 3, interleaved) |",
         "|---|---:|",
         f"| torch prune.global_unstructured (L1) | {t_stock:.3f} |",
         f"| sparsekit.select_masks(scope='global') | {t_ours:.3f} |",

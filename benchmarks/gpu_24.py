@@ -11,7 +11,7 @@ What it does (DESIGN section 6):
 1. correctness of every path: ``prune_compress_24`` bit-exact vs ``compress_24(w * nm_mask(w))``
    for fp32/fp16/bf16; ``sparse24_linear`` vs the dense reference for every timed shape;
    torch semi-structured vs dense where Sparse Tensor Cores exist;
-2. median times (``sk.bench.cuda_graph_time``: CUDA graphs of back-to-back calls, so CPU
+2. median times (``triton.testing.do_bench_cudagraph``: CUDA graphs of back-to-back calls, so CPU
    launch overhead is excluded; the only timing method) for fp16 ``y = x @ W.T``, ``x [batch, size]``,
    ``W [size, size]`` 2:4-pruned: dense cuBLAS (``F.linear``), torch semi-structured,
    ``sparse24_linear``;
@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: benchmarks/results on a GPU, a temp dir for --dry-run)")
     p.add_argument("--budget", type=float, default=240.0, help="stop timing new shapes after this many seconds")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement")
+    p.add_argument("--repeats", type=int, default=3, help="dry run: timed calls per measurement (sk.bench.time_fn)")
+    p.add_argument("--rep-ms", type=float, default=20.0,
+                   help="GPU: milliseconds of back-to-back calls per CUDA graph (do_bench_cudagraph's rep)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="override the batch sizes")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="override the square weight sizes")
     p.add_argument("--model-device", default=None, choices=[d[1] for d in DEVICE_PEAKS],
@@ -85,12 +87,16 @@ def setup_environment(dry_run: bool) -> None:
 Timer = Callable[[Callable[[], object]], tuple[float, str]]
 
 
-def make_timer(device: str, repeats: int, inner: int) -> Timer:
+def make_timer(device: str, repeats: int, rep_ms: float) -> Timer:
     """``timer(fn) -> (median seconds per call, method)``: one method per device.
 
-    On CUDA: ``sk.bench.cuda_graph_time`` (``inner`` calls per CUDA graph, ``repeats``
-    replays; launch overhead excluded, see its docstring for what that means at batch 1).
-    A failed capture is reported as an error in that cell, never timed another way.
+    On CUDA: Triton's ``triton.testing.do_bench_cudagraph``: it runs ``fn`` once (Triton
+    compiles and autotunes here, which cannot happen inside a capture), estimates its time
+    from 5 calls, captures as many back-to-back calls as fill ``rep_ms`` milliseconds in
+    one CUDA graph, and returns the median over 10 replays of replay time / calls. CPU
+    launch overhead is excluded (at batch 1 an eager loop can be launch-bound); replays of
+    the same weights keep them in L2 when they fit. Run under ``torch.no_grad()``. A failed
+    capture is reported as an error in that cell, never timed another way.
     On CPU (dry run): ``sk.bench.time_fn`` wall clock under the Triton interpreter.
     """
     import sparsekit as sk
@@ -98,7 +104,11 @@ def make_timer(device: str, repeats: int, inner: int) -> Timer:
     def timer(fn: Callable[[], object]) -> tuple[float, str]:
         if device != "cuda":
             return sk.bench.time_fn(fn, warmup=1, repeats=repeats).median, "cpu"
-        return sk.bench.cuda_graph_time(fn, repeats=repeats, inner=inner).median, "graph"
+        from triton.testing import do_bench_cudagraph  # after setup_environment chose the backend
+
+        with torch.no_grad():
+            ms = do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
+        return ms / 1e3, "graph"
 
     return timer
 
@@ -424,7 +434,7 @@ def render(info: dict[str, str], checks: list[dict[str, str]], timings: list[dic
               "## Correctness", "", "| check | result |", "| --- | --- |"]
     lines += [f"| {c['check']} | {c['result']} |" for c in checks]
     method = next((str(r["method"]) for r in timings if "method" in r), "n/a")
-    how = {"graph": "`sk.bench.cuda_graph_time`: CUDA graphs of back-to-back calls (CPU launch overhead "
+    how = {"graph": "`triton.testing.do_bench_cudagraph`: CUDA graphs of back-to-back calls (CPU launch overhead "
                     "excluded: at batch 1 an eager loop can be launch-bound and show less speedup)",
            "cpu": "CPU wall clock (sk.bench.time_fn)"}.get(method, method)
     lines += ["", "## fp16 `y = x @ W.T`, W 2:4-sparse, median ms per call",
@@ -515,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     roof_sizes = GPU_SIZES if dry_run else sizes
     roof_batches = ROOF_BATCHES if dry_run else tuple(sorted(set(ROOF_BATCHES) | set(batches)))
     roof_rows = roofline_rows(roof_batches, roof_sizes, peaks)
-    timer = make_timer(device, repeats=args.repeats or (3 if dry_run else 20), inner=1 if dry_run else 20)
+    if args.repeats < 1 or not args.rep_ms > 0:
+        raise ValueError(f"--repeats must be >= 1 and --rep-ms > 0, got {args.repeats}, {args.rep_ms}")
+    timer = make_timer(device, repeats=args.repeats, rep_ms=args.rep_ms)
     info = device_info(device)
     print(f"device: {info['device']}  ({info['date']})", flush=True)
 

@@ -5,10 +5,12 @@ Every technique is a point in one pipeline::
     score  ->  select  ->  mask  ->  (train with the mask held)  ->  finalize
 
 ``scores`` rank weights, ``select_masks`` turns ranks into exact-count masks,
-``apply_masks`` holds them through training (parametrizations), ``remove_masks`` bakes
-them in. Chapter modules (``structured``, ``lottery``, ``movement``, ``execute``,
+``apply_masks`` holds them through training (parametrizations), ``snapshot``/``rewind``
+return a masked model to an earlier point, and ``finalize`` (with ``remove_masks``) ends
+the training-time machinery. Chapter modules (``structured``, ``lottery``, ``movement``, ``execute``,
 ``nm``, ``kernels``, ``at_init``) build on these; they are imported on first use
-(PEP 562), so ``import sparsekit`` stays fast and never imports Triton.
+(PEP 562), so ``import sparsekit`` stays fast and never imports Triton; ``viz`` too, so
+it never imports matplotlib.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import bench, data, models, report, scores, select, train, viz
+from . import bench, data, models, report, scores, select, train
 from .masking import (
     apply_masks,
     effective_weights,
@@ -32,10 +34,10 @@ from .select import cubic_sparsity, imp_sparsity, select_masks
 
 __version__ = "0.1.0"
 
-# Chapter modules, imported on first attribute access.
+# Chapter modules, ``synthetic`` and ``viz`` (matplotlib), imported on first attribute access.
 _LAZY_MODULES = (
     "at_init", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm", "pretrained",
-    "structured", "unstructured",
+    "structured", "synthetic", "unstructured", "viz",
 )
 # Top-level names that live in a chapter module: name -> module.
 _LAZY_NAMES = {
@@ -60,6 +62,6 @@ __all__ = [
     "apply_masks", "bench", "cubic_sparsity", "data", "effective_weights", "get_masks",
     "imp_sparsity", "load_masked_state_dict", "models", "prunable_weights", "remove_masks",
     "report", "rewind", "scores", "seed_everything", "seeds", "select", "select_masks", "snapshot", "sparsity",
-    "train", "viz",
+    "train",
     *_LAZY_MODULES, *_LAZY_NAMES,
 ]

@@ -1,22 +1,33 @@
-"""Honest timing: warm-up runs, several repeats, the median, and CUDA synchronisation.
+"""Honest timing for the *finalize* step (score -> select -> mask -> train -> finalize):
+what a sparse layout or a smaller model actually buys, measured with warm-up runs,
+several repeats, the median, and CUDA synchronisation.
 
 A single ``time.perf_counter()`` around one call measures allocator warm-up, lazy
 initialisation and noise. ``time_fn`` runs the function a few times first, then reports
-the median of ``repeats`` timed calls (and the spread), synchronising CUDA around each
-call so asynchronous kernels are actually counted.
+the median of ``repeats`` timed calls (and the spread), each one a
+``torch.utils.benchmark.Timer`` measurement with an explicit thread count, synchronising
+CUDA inside the timed statement so asynchronous kernels are actually counted.
 
-``cuda_graph_time`` is the one GPU kernel timer (``benchmarks/gpu_24.py`` and chapter 5
-use it): CUDA-graph replays timed with CUDA events, so CPU launch overhead is excluded.
+``interleaved_times`` / ``compare`` time several candidates round-robin, for *paired*
+comparisons on a busy machine; ``crossover`` reads the break-even sparsity off a sweep.
+
+``cuda_graph_time`` times GPU kernels from CUDA-graph replays with CUDA events, so CPU
+launch overhead is excluded (chapter 5 uses it; ``benchmarks/gpu_24.py`` uses Triton's
+``triton.testing.do_bench_cudagraph``, the same method with the graph sized by time).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
+
+from . import _validate
 
 
 @dataclass(frozen=True)
@@ -45,37 +56,60 @@ def _sync() -> None:
 Clock = Callable[[], float]
 
 
-def time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10,
-            min_time: float = 0.0, clock: Clock = time.perf_counter) -> Timing:
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls.
+def _check_callable(fn: object, name: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
 
-    ``min_time`` (seconds) keeps repeating until that much time was measured, which
-    steadies very short functions. ``clock`` returns seconds; tests inject a fake one.
+
+def time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10, min_time: float = 0.0,
+            num_threads: int | None = None, clock: Clock = time.perf_counter) -> Timing:
+    """Median wall time of ``fn()`` over ``repeats`` timed calls after ``warmup`` untimed calls.
+
+    Each timed call is one ``torch.utils.benchmark.Timer(...).timeit(number=1)``: torch's
+    timer runs it with ``num_threads`` intra-op threads (default ``torch.get_num_threads()``,
+    what the caller's own code uses; the Timer's default is 1) and the garbage collector
+    off, and runs ``fn`` twice untimed just before (its own warm-up). So ``fn`` runs
+    ``warmup + 3 * repeats`` times in all, and every timed call follows two back-to-back
+    calls: the steady state, not a cold start. ``min_time`` (seconds) keeps adding timed
+    calls until that much time was measured, which steadies very short functions.
+    ``clock`` returns seconds (the Timer's ``timer=``); tests inject a fake one.
     """
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    _check_callable(fn, "fn")
+    _check_callable(clock, "clock")
+    warmup = _validate.integer(warmup, "warmup", low=0)
+    repeats = _validate.positive_int(repeats, "repeats")
+    min_time = _validate.real(min_time, "min_time", low=0.0)
+    threads = torch.get_num_threads() if num_threads is None else _validate.positive_int(num_threads, "num_threads")
+    from torch.utils.benchmark import Timer  # here: importing it costs ~0.15 s, most callers never time
+
+    timer = Timer("fn()\nsync()", globals={"fn": fn, "sync": _sync}, timer=clock, num_threads=threads)
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
         _sync()
         times: list[float] = []
         while len(times) < repeats or sum(times) < min_time:
-            start = clock()
-            fn()
-            _sync()
-            times.append(clock() - start)
+            times.append(timer.timeit(number=1).times[0])
     return summarize(times)
 
 
-def summarize(times: list[float]) -> Timing:
+def summarize(times: Sequence[float]) -> Timing:
     """The median and quartiles of measured seconds per call."""
-    if not times:
-        raise ValueError("need at least one time")
+    if isinstance(times, (str, bytes)) or not isinstance(times, Sequence) or not times:
+        raise ValueError(f"times must hold at least one time in seconds, got {times!r}")
+    times = [_validate.real(t, "times", low=0.0, what="seconds: finite and >= 0") for t in times]
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return Timing(statistics.median(times), quartiles[0], quartiles[2], len(times))
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 5,
+def _check_fns(fns: Mapping[str, Callable[[], object]]) -> None:
+    if not isinstance(fns, Mapping) or not fns:
+        raise ValueError(f"fns must be a non-empty mapping name -> function, got {type(fns).__name__} {fns!r}")
+    for key, fn in fns.items():
+        _check_callable(fn, f"fns[{key!r}]")
+
+
+def interleaved_times(fns: Mapping[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 5,
                       inner: int = 1, warmup_s: float = 0.0,
                       clock: Clock = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each function in every round, the functions timed round-robin.
@@ -87,9 +121,12 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int = 1, 
     Each timed entry is the mean of ``inner`` back-to-back calls. ``clock`` returns
     seconds; tests inject a fake one.
     """
-    if not fns or warmup < 0 or repeats < 1 or inner < 1:
-        raise ValueError(f"need functions, warmup >= 0, repeats >= 1 and inner >= 1; got "
-                         f"{len(fns)}, {warmup}, {repeats}, {inner}")
+    _check_fns(fns)
+    _check_callable(clock, "clock")
+    warmup = _validate.integer(warmup, "warmup", low=0)
+    repeats = _validate.positive_int(repeats, "repeats")
+    inner = _validate.positive_int(inner, "inner")
+    warmup_s = _validate.real(warmup_s, "warmup_s", low=0.0)
     times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
         start, rounds = clock(), 0
@@ -106,6 +143,47 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int = 1, 
                 _sync()
                 times[key].append((clock() - start) / inner)
     return times
+
+
+def compare(fns: Mapping[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 5) -> dict[str, Timing]:
+    """The median (and quartiles) of each function's :func:`interleaved_times`.
+
+    Interleaving (dense, csr, bsr, dense, csr, ...) exposes every candidate to the same
+    background load, so the *ratios* of the medians stay meaningful on a busy machine
+    even when the absolute times drift.
+    """
+    times = interleaved_times(fns, warmup=warmup, repeats=repeats)
+    return {key: summarize(ts) for key, ts in times.items()}
+
+
+def crossover(sparsities: Sequence[float], dense_times: Sequence[float] | float,
+              sparse_times: Sequence[float]) -> float | None:
+    """Sparsity above which the sparse kernel beats dense, from a measured sweep.
+
+    ``dense_times`` is one time per sparsity (measured beside each sparse one, as
+    :func:`compare` does) or a single number. The ratio ``sparse / dense`` is
+    interpolated linearly in ``log(ratio)`` between the last grid point where sparse was
+    slower and the first point of the final run where it is faster. Returns the first
+    grid point if sparse already wins there, and ``None`` if it never wins on the grid.
+    """
+    s = [float(v) for v in sparsities]
+    if len(s) == 0 or len(sparse_times) != len(s) or any(b <= a for a, b in zip(s, s[1:])):
+        raise ValueError("sparsities must be increasing and as long as sparse_times")
+    dense = [dense_times] * len(s) if isinstance(dense_times, Real) else list(dense_times)
+    if len(dense) != len(s):
+        raise ValueError(f"dense_times must be a number or {len(s)} numbers, got {len(dense)}")
+    times = [_validate.real(t, "times", low=0.0, low_open=True, what="positive and finite")
+             for t in [*dense, *sparse_times]]
+    logr = [math.log(st / dt) for st, dt in zip(times[len(s):], times[:len(s)])]
+    if logr[-1] >= 0:
+        return None
+    i = len(s) - 1
+    while i > 0 and logr[i - 1] < 0:
+        i -= 1
+    if i == 0:
+        return s[0]
+    a, b = logr[i - 1], logr[i]  # a >= 0 > b
+    return s[i - 1] + (s[i] - s[i - 1]) * a / (a - b)
 
 
 def cuda_graph_time(fn: Callable[[], object], *, repeats: int = 20, inner: int = 20,
@@ -135,10 +213,12 @@ def cuda_graph_time(fn: Callable[[], object], *, repeats: int = 20, inner: int =
     also keep them in L2 when they fit (an H100 has 50 MiB), so such shapes can beat the
     HBM roofline. Needs CUDA (``RuntimeError`` otherwise).
     """
+    _check_callable(fn, "fn")
+    repeats = _validate.positive_int(repeats, "repeats")
+    inner = _validate.positive_int(inner, "inner")
+    warmup = _validate.positive_int(warmup, "warmup")
     if not torch.cuda.is_available():
         raise RuntimeError("cuda_graph_time needs a CUDA GPU; on CPU use sk.bench.time_fn")
-    if warmup < 1 or repeats < 1 or inner < 1:
-        raise ValueError(f"need warmup, repeats and inner >= 1, got {warmup}, {repeats}, {inner}")
     with torch.no_grad():
         for _ in range(warmup):
             fn()
@@ -168,4 +248,7 @@ def cuda_graph_time(fn: Callable[[], object], *, repeats: int = 20, inner: int =
 
 def speedup(baseline: Timing, candidate: Timing) -> float:
     """How many times faster ``candidate`` is than ``baseline`` (ratio of medians)."""
+    for name, t in (("baseline", baseline), ("candidate", candidate)):
+        if not isinstance(t, Timing):
+            raise TypeError(f"{name} must be a sparsekit.bench.Timing, got {type(t).__name__}")
     return baseline.median / candidate.median

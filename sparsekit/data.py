@@ -1,4 +1,6 @@
-"""Offline datasets: MNIST-1D (generated here, never downloaded) and sklearn's digits.
+"""Data for the *train* step (score -> select -> mask -> train -> finalize), and for the
+scores that need a batch: offline datasets, MNIST-1D (generated here, never downloaded)
+and sklearn's digits, and seeded in-memory loaders.
 
 MNIST-1D (Greydanus & Kobak 2024) draws each example from one of ten 1-D digit
 templates, then pads, shears, scales, translates and adds correlated and i.i.d. noise:
@@ -72,7 +74,7 @@ def mnist1d(seed: int = 42, val_size: int = 0, **overrides: object) -> Splits:
         **overrides: arguments of ``mnist1d.data.get_dataset_args`` (e.g.
             ``corr_noise_scale=0.5``, ``num_samples=10000``) to build related tasks.
     """
-    data = _mnist1d_arrays(int(seed), tuple(sorted(overrides.items())))
+    data = _mnist1d_arrays(_validate.seed(seed, low=0), tuple(sorted(overrides.items())))
     x = torch.as_tensor(data["x"], dtype=torch.float32)
     y = torch.as_tensor(data["y"], dtype=torch.int64)
     x_tr, y_tr, x_val, y_val = _split_validation(x, y, val_size)
@@ -95,7 +97,7 @@ def digits(test_size: int = 297, val_size: int = 0, seed: int = 0) -> Splits:
     x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
     test_size = _validate.integer(test_size, "test_size", low=1, high=len(y) - 1)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(_validate.seed(seed)))
     x, y = x[perm], y[perm]
     x_tr, y_tr, x_val, y_val = _split_validation(x[:-test_size], y[:-test_size], val_size)
     return Splits(x_tr, y_tr, x_val, y_val, x[-test_size:], y[-test_size:])
@@ -109,6 +111,10 @@ def loader(x: Tensor, y: Tensor, batch_size: int = 128, *, shuffle: bool = False
     generator advances with every epoch: for two identical runs, build two loaders.
     """
     batch_size = _validate.positive_int(batch_size, "batch_size")
+    seed = _validate.seed(seed)
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
     dataset = TensorDataset(x, y)
@@ -123,6 +129,9 @@ def loader(x: Tensor, y: Tensor, batch_size: int = 128, *, shuffle: bool = False
 
 def loaders(splits: Splits, batch_size: int = 128, seed: int = 0) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """``(train, test, val)`` loaders: train shuffled with ``seed``; ``val`` is None if empty."""
+    if not isinstance(splits, Splits):
+        raise TypeError(f"splits must be a sparsekit.data.Splits (from mnist1d() or digits()), "
+                        f"got {type(splits).__name__}")
     train = loader(splits.x_train, splits.y_train, batch_size, shuffle=True, seed=seed)
     test = loader(splits.x_test, splits.y_test, 1024)
     val = loader(splits.x_val, splits.y_val, 1024) if len(splits.y_val) else None

@@ -1,4 +1,5 @@
-"""Running sparse weights: CSR / BSR layouts, sparse linear layers, and choosing a layout.
+"""The *finalize* step, for speed (score -> select -> mask -> train -> finalize): running
+sparse weights in CSR / BSR layouts, sparse linear layers, and choosing a layout.
 
 A mask makes a weight *sparse* but not *fast*: a masked ``nn.Linear`` still multiplies by
 every zero. To skip the zeros the weight must be stored in a sparse layout and multiplied
@@ -26,20 +27,20 @@ much slower than dense. Gale et al. 2020 and Hoefler et al. 2021 (section 7) dis
 same gap on GPUs.
 
 Layers built here are for *inference*: their weights are buffers, not parameters.
+Random masks of a given sparsity for timing experiments are in :mod:`sparsekit.synthetic`;
+interleaved timing and the crossover of a measured sweep are in :mod:`sparsekit.bench`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _validate
-from .bench import Timing, interleaved_times, summarize
 from .masking import get_masks
 
 LAYOUTS = ("auto", "dense", "csr", "bsr")
@@ -67,18 +68,22 @@ def _check_layout(layout: str, allowed: Sequence[str] = LAYOUTS) -> str:
     return layout
 
 
-def _check_blocksize(blocksize: Sequence[int]) -> tuple[int, int]:
+def _check_bias(bias: Tensor | None, out_features: int) -> Tensor | None:
+    if bias is None:
+        return None
+    if not isinstance(bias, Tensor):
+        raise TypeError(f"bias must be None or a Tensor of shape ({out_features},), got {type(bias).__name__}")
+    if tuple(bias.shape) != (out_features,):
+        raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+    return bias
+
+
+def check_blocksize(blocksize: Sequence[int]) -> tuple[int, int]:
+    """``blocksize`` as ``(rows, cols)`` of two positive ints (``ValueError`` otherwise)."""
     if (not isinstance(blocksize, (tuple, list)) or len(blocksize) != 2
             or not all(_validate.is_int(b) and b >= 1 for b in blocksize)):
         raise ValueError(f"blocksize must be two positive ints (rows, cols), got {blocksize!r}")
     return int(blocksize[0]), int(blocksize[1])
-
-
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    if (isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size))
-            or not all(_validate.is_int(d) and d >= 0 for d in shape)):
-        raise TypeError(f"shape must be a sequence of non-negative ints, got {shape!r}")
-    return tuple(int(d) for d in shape)
 
 
 def _check_weight(weight: Tensor) -> Tensor:
@@ -95,7 +100,7 @@ def block_sparsity(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE) -> 
     The shape must be divisible by ``blocksize`` (``ValueError`` otherwise). Random
     unstructured sparsity ``s`` leaves almost no empty ``32 x 32`` block (``s ** 1024``).
     """
-    r, c = _check_blocksize(blocksize)
+    r, c = check_blocksize(blocksize)
     w = _check_weight(weight)
     rows, cols = w.shape
     if rows % r or cols % c:
@@ -147,7 +152,10 @@ def choose_layout(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
     4. no candidate -> ``"dense"``: below the crossover a sparse kernel is *slower* than dense.
     """
     w = _check_weight(weight)
-    r, c = _check_blocksize(blocksize)
+    r, c = check_blocksize(blocksize)
+    csr_min_sparsity = _validate.fraction(csr_min_sparsity, "csr_min_sparsity", allow_one=True)
+    bsr_min_block_sparsity = _validate.fraction(bsr_min_block_sparsity, "bsr_min_block_sparsity", allow_one=True)
+    min_numel = _validate.integer(min_numel, "min_numel", low=0)
     if w.numel() < min_numel:
         return "dense"
     costs = _eligible_costs(w, (r, c), csr_min_sparsity, bsr_min_block_sparsity)
@@ -158,7 +166,7 @@ def to_layout(weight: Tensor, layout: str, blocksize: Sequence[int] = BSR_BLOCKS
     """``weight`` (2-D, dense) stored as ``"dense"``, ``"csr"`` or ``"bsr"`` (``"auto"``: :func:`choose_layout`)."""
     _check_layout(layout)
     w = _check_weight(weight).detach()
-    r, c = _check_blocksize(blocksize)
+    r, c = check_blocksize(blocksize)
     if layout == "auto":
         layout = choose_layout(w, (r, c))
     if layout == "dense":
@@ -203,10 +211,13 @@ def sparse_matmul(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tens
     if x.dim() == 0 or x.shape[-1] != in_features:
         raise ValueError(f"x must have shape [..., {in_features}] (weight.shape[1], the inner dimension), "
                          f"got {tuple(x.shape)}")
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+    _check_bias(bias, out_features)
     if weight.layout == torch.strided:
-        return F.linear(x, weight, bias)
+        return F.linear(x, weight, bias)  # F.linear checks dtypes itself (and follows autocast)
+    dtypes = {"weight": weight.dtype, "x": x.dtype, **({} if bias is None else {"bias": bias.dtype})}
+    if len(set(dtypes.values())) > 1:
+        got = ", ".join(f"{k} {str(v).removeprefix('torch.')}" for k, v in dtypes.items())
+        raise TypeError(f"weight, x and bias must share one dtype, got {got}")
     lead = x.shape[:-1]
     flat = x.reshape(-1, in_features)
     if flat.shape[0] == 0:
@@ -246,9 +257,7 @@ class SparseLinear(nn.Module):
             self.register_buffer("values", stored.values())
             self.register_buffer("col_indices", stored.col_indices())
             self.register_buffer("crow_indices", stored.crow_indices())
-        if bias is not None:
-            if bias.shape != (self.out_features,):
-                raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+        if _check_bias(bias, self.out_features) is not None:
             bias = bias.detach().clone()
         self.register_buffer("bias", bias)
 
@@ -262,8 +271,6 @@ class SparseLinear(nn.Module):
                      size=(self.out_features, self.in_features), check_invariants=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
         return sparse_matmul(self.weight, x, self.bias)
 
     def dense_weight(self) -> Tensor:
@@ -290,7 +297,7 @@ def sparse_linear(linear: nn.Linear, layout: str = "auto",
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
     _check_layout(layout)
-    _check_blocksize(blocksize)
+    check_blocksize(blocksize)
     return SparseLinear(linear.weight.detach(), linear.bias, layout, blocksize)
 
 
@@ -304,7 +311,7 @@ def to_sparse(model: nn.Module, layout: str = "auto", blocksize: Sequence[int] =
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_layout(layout)
-    _check_blocksize(blocksize)
+    check_blocksize(blocksize)
     masked = {"" if name == "weight" else name.removesuffix(".weight") for name in get_masks(model)}
     new = copy.deepcopy(model)
     if isinstance(new, nn.Linear):
@@ -320,85 +327,18 @@ def to_sparse(model: nn.Module, layout: str = "auto", blocksize: Sequence[int] =
 
 def layouts(model: nn.Module) -> dict[str, str]:
     """``{module name: layout}`` of every :class:`SparseLinear` in ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     return {name: m.layout for name, m in model.named_modules() if isinstance(m, SparseLinear)}
-
-
-# --- measuring ----------------------------------------------------------------------
 
 
 def layout_bytes(t: Tensor) -> int:
     """Bytes a tensor actually occupies: values plus index arrays for CSR / BSR."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"t must be a Tensor, got {type(t).__name__}")
     if t.layout == torch.strided:
         return t.numel() * t.element_size()
     if t.layout in (torch.sparse_csr, torch.sparse_bsr):
         parts = (t.values(), t.col_indices(), t.crow_indices())
         return sum(p.numel() * p.element_size() for p in parts)
     raise ValueError(f"layout_bytes supports strided, sparse_csr and sparse_bsr tensors, got {t.layout}")
-
-
-def unstructured_mask(shape: Sequence[int], sparsity: float, seed: int = 0) -> Tensor:
-    """A random bool mask with exactly ``round(sparsity * numel)`` False entries."""
-    shape = _check_shape(shape)
-    sparsity = _validate.fraction(sparsity, "sparsity")
-    seed = _validate.seed(seed)
-    n = math.prod(shape)
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[torch.randperm(n, generator=gen)[: round(sparsity * n)]] = False
-    return mask.view(*shape)
-
-
-def block_mask(shape: Sequence[int], sparsity: float, blocksize: Sequence[int] = BSR_BLOCKSIZE,
-               seed: int = 0) -> Tensor:
-    """A random bool mask made of whole ``blocksize`` tiles, ``round(sparsity * blocks)`` of them False."""
-    r, c = _check_blocksize(blocksize)
-    shape = _check_shape(shape)
-    if len(shape) != 2:
-        raise ValueError(f"shape must be two non-negative ints (rows, cols), got {shape!r}")
-    rows, cols = shape
-    if rows % r or cols % c:
-        raise ValueError(f"shape {tuple(shape)} is not divisible by blocksize {(r, c)}")
-    tiles = unstructured_mask((rows // r, cols // c), sparsity, seed)
-    return tiles.repeat_interleave(r, 0).repeat_interleave(c, 1)
-
-
-def compare_layouts(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 5) -> dict[str, Timing]:
-    """Median wall time of each function, with the repeats *interleaved* round-robin.
-
-    Interleaving (dense, csr, bsr, dense, csr, ...) exposes every candidate to the same
-    background load, so the *ratios* stay meaningful on a busy machine even when the
-    absolute times drift (:func:`sparsekit.bench.interleaved_times`).
-    """
-    if not fns or warmup < 0 or repeats < 1:
-        raise ValueError(f"need functions, warmup >= 0 and repeats >= 1; got {len(fns)}, {warmup}, {repeats}")
-    times = interleaved_times(fns, warmup=warmup, repeats=repeats)
-    return {key: summarize(ts) for key, ts in times.items()}
-
-
-def crossover(sparsities: Sequence[float], dense_times: Sequence[float] | float,
-              sparse_times: Sequence[float]) -> float | None:
-    """Sparsity above which the sparse kernel beats dense, from a measured sweep.
-
-    The ratio ``sparse / dense`` is interpolated linearly in ``log(ratio)`` between the
-    last grid point where sparse was slower and the first point of the final run where
-    it is faster. Returns the first grid point if sparse already wins there, and
-    ``None`` if it never wins on the grid.
-    """
-    s = [float(v) for v in sparsities]
-    if len(s) == 0 or len(sparse_times) != len(s) or any(b <= a for a, b in zip(s, s[1:])):
-        raise ValueError("sparsities must be increasing and as long as sparse_times")
-    dense = [float(dense_times)] * len(s) if isinstance(dense_times, (int, float)) else list(dense_times)
-    if len(dense) != len(s):
-        raise ValueError(f"dense_times must be a number or {len(s)} numbers, got {len(dense)}")
-    if any(t <= 0 for t in [*dense, *sparse_times]):
-        raise ValueError("times must be positive")
-    logr = [math.log(st / dt) for st, dt in zip(sparse_times, dense)]
-    if logr[-1] >= 0:
-        return None
-    i = len(s) - 1
-    while i > 0 and logr[i - 1] < 0:
-        i -= 1
-    if i == 0:
-        return s[0]
-    a, b = logr[i - 1], logr[i]  # a >= 0 > b
-    return s[i - 1] + (s[i] - s[i - 1]) * a / (a - b)

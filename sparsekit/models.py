@@ -1,4 +1,5 @@
-"""The small models used across the book, all sized for MNIST-1D on a laptop CPU.
+"""The models every step works on (score -> select -> mask -> train -> finalize), all
+sized for MNIST-1D on a laptop CPU.
 
 * :class:`MLP` — fully connected, the lottery-ticket and unstructured-pruning workhorse.
 * :class:`CNN1d` — three Conv1d + BatchNorm + ReLU blocks and a linear head
@@ -23,6 +24,17 @@ from . import _validate
 from .data import NUM_CLASSES, SEQ_LEN
 
 
+def _widths(value: object, name: str, length: int | None = None) -> list[int]:
+    """A sequence of positive ints (layer widths), ``length`` of them when given."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        what = ("positive ints (one width per layer, e.g. (256, 256) or [8])" if length is None
+                else f"{length} positive ints")
+        raise _validate.ArgumentTypeError(f"{name} must be a sequence of {what}, got {type(value).__name__} {value!r}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} must be {length} positive ints, got {len(value)}: {value!r}")
+    return [_validate.positive_int(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
 class MLP(nn.Sequential):
     """``Linear -> ReLU -> ... -> Linear``; weights are named ``"0.weight"``, ``"2.weight"``, ..."""
 
@@ -30,10 +42,7 @@ class MLP(nn.Sequential):
                  num_classes: int = NUM_CLASSES) -> None:
         in_features = _validate.positive_int(in_features, "in_features")
         num_classes = _validate.positive_int(num_classes, "num_classes")
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise TypeError(f"hidden must be a sequence of positive ints (one width per hidden layer, "
-                            f"e.g. (256, 256) or [8]), got {type(hidden).__name__} {hidden!r}")
-        hidden = [_validate.positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden)]
+        hidden = _widths(hidden, "hidden")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -52,16 +61,17 @@ class CNN1d(nn.Module):
     def __init__(self, channels: Sequence[int] = (32, 32, 32), num_classes: int = NUM_CLASSES,
                  seq_len: int = SEQ_LEN) -> None:
         super().__init__()
-        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) != 3:
-            raise ValueError(f"channels must be three positive ints, got {channels!r}")
-        channels = [_validate.positive_int(c, f"channels[{i}]") for i, c in enumerate(channels)]
-        c1, c2, c3 = channels
+        c1, c2, c3 = _widths(channels, "channels", 3)
+        num_classes = _validate.positive_int(num_classes, "num_classes")
+        seq_len = _validate.positive_int(seq_len, "seq_len")
         self.conv1, self.bn1 = nn.Conv1d(1, c1, 5, stride=2, padding=1), nn.BatchNorm1d(c1)
         self.conv2, self.bn2 = nn.Conv1d(c1, c2, 5, stride=2, padding=1), nn.BatchNorm1d(c2)
         self.conv3, self.bn3 = nn.Conv1d(c2, c3, 5, stride=2, padding=1), nn.BatchNorm1d(c3)
         length = seq_len
         for _ in range(3):
             length = (length + 2 - 5) // 2 + 1
+        if length < 1:
+            raise ValueError(f"seq_len must be >= 15 (three stride-2 convolutions of width 5), got {seq_len}")
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c3 * length, num_classes)
 
@@ -78,6 +88,10 @@ class ResidualBlock1d(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 3) -> None:
         super().__init__()
+        channels = _validate.positive_int(channels, "channels")
+        kernel_size = _validate.integer(kernel_size, "kernel_size", low=1, what="an odd positive int")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd positive int ('same' padding), got {kernel_size}")
         pad = kernel_size // 2
         self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=pad, bias=False)
         self.bn1 = nn.BatchNorm1d(channels)
@@ -99,8 +113,9 @@ class ResCNN1d(nn.Module):
 
     def __init__(self, channels: int = 32, blocks: int = 2, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
-        if channels < 1 or blocks < 0:
-            raise ValueError(f"need channels >= 1 and blocks >= 0, got {channels}, {blocks}")
+        channels = _validate.positive_int(channels, "channels")
+        blocks = _validate.integer(blocks, "blocks", low=0)
+        num_classes = _validate.positive_int(num_classes, "num_classes")
         self.stem = nn.Conv1d(1, channels, 5, stride=2, padding=2, bias=False)
         self.stem_bn = nn.BatchNorm1d(channels)
         self.blocks = nn.Sequential(*[ResidualBlock1d(channels) for _ in range(blocks)])
@@ -126,9 +141,11 @@ class MultiHeadSelfAttention(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None) -> None:
         super().__init__()
-        head_dim = head_dim if head_dim is not None else d_model // num_heads
-        if num_heads < 1 or head_dim < 1:
-            raise ValueError(f"need num_heads >= 1 and head_dim >= 1, got {num_heads}, {head_dim}")
+        d_model = _validate.positive_int(d_model, "d_model")
+        num_heads = _validate.positive_int(num_heads, "num_heads")
+        head_dim = d_model // num_heads if head_dim is None else _validate.positive_int(head_dim, "head_dim")
+        if head_dim < 1:
+            raise ValueError(f"d_model={d_model} must be >= num_heads={num_heads} (head_dim = d_model // num_heads)")
         self.num_heads, self.head_dim = num_heads, head_dim
         inner = num_heads * head_dim
         self.q = nn.Linear(d_model, inner)
@@ -156,6 +173,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int) -> None:
         super().__init__()
+        d_ff = _validate.positive_int(d_ff, "d_ff")
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = MultiHeadSelfAttention(d_model, num_heads)
         self.ln2 = nn.LayerNorm(d_model)
@@ -177,6 +195,12 @@ class TinyTransformer(nn.Module):
     def __init__(self, d_model: int = 64, num_heads: int = 4, num_layers: int = 2, d_ff: int = 128,
                  patch_size: int = 4, seq_len: int = SEQ_LEN, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
+        d_model = _validate.positive_int(d_model, "d_model")
+        num_heads = _validate.positive_int(num_heads, "num_heads")
+        num_layers = _validate.integer(num_layers, "num_layers", low=0)
+        patch_size = _validate.positive_int(patch_size, "patch_size")
+        seq_len = _validate.positive_int(seq_len, "seq_len")
+        num_classes = _validate.positive_int(num_classes, "num_classes")
         if seq_len % patch_size:
             raise ValueError(f"seq_len={seq_len} must be a multiple of patch_size={patch_size}")
         if d_model % num_heads:
@@ -207,4 +231,6 @@ def build(name: str, **kwargs: object) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (masked weights count their full shape)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters())

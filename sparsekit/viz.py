@@ -1,4 +1,6 @@
-"""Plotting helpers shared by the chapters (matplotlib only).
+"""Plots of every step's results (score -> select -> mask -> train -> finalize): masks,
+per-layer sparsity, accuracy-vs-sparsity curves, weight histograms. matplotlib only;
+``import sparsekit`` imports neither this module nor matplotlib until ``sk.viz`` is used.
 
 Each function draws into an ``Axes`` (a new figure when ``ax`` is None) and returns it,
 so a chapter can compose small multiples and call ``plt.show()`` once.
@@ -30,6 +32,8 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
 
 def plot_mask(mask: Tensor, ax: Axes | None = None, title: str | None = None) -> Axes:
     """A 2-D mask (or weight) as an image: kept entries dark, pruned entries white."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a Tensor, got {type(mask).__name__}")
     ax = _axes(ax, (4, 4))
     m = mask.detach().cpu()
     m = m.reshape(m.shape[0], -1) if m.dim() > 2 else m
@@ -52,6 +56,9 @@ def plot_layer_sparsity(masks_by_label: Mapping[str, Mapping[str, Tensor]], ax: 
     x = np.arange(len(layers))
     for i, label in enumerate(labels):
         masks = masks_by_label[label]
+        if set(masks) != set(layers):
+            raise ValueError(f"masks_by_label[{label!r}] must have the layers of masks_by_label[{labels[0]!r}] "
+                             f"({layers}), got {list(masks)}")
         vals = [1.0 - float(masks[n].float().mean()) for n in layers]
         ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=label)
     ax.set_xticks(x, layers, rotation=30, ha="right")
@@ -64,6 +71,9 @@ def plot_layer_sparsity(masks_by_label: Mapping[str, Mapping[str, Tensor]], ax: 
 def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[Sequence[float]]], ax: Axes | None = None,
                 xlabel: str = "sparsity", ylabel: str = "test accuracy", logx: bool = False) -> Axes:
     """Mean +- std over seeds for each method. ``curves[label][i]`` holds the seeds at ``x[i]``."""
+    for label, per_x in curves.items():
+        if len(per_x) != len(x):
+            raise ValueError(f"curves[{label!r}] must hold one list of seeds per x ({len(x)}), got {len(per_x)}")
     ax = _axes(ax)
     for label, per_x in curves.items():
         stats = np.array([mean_spread(v) for v in per_x])

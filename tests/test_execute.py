@@ -1,7 +1,7 @@
-"""Tests for sparsekit.execute: sparse layouts, SparseLinear, layout choice, measuring helpers."""
+"""Tests for sparsekit.execute (sparse layouts, SparseLinear, layout choice, layout_bytes) and
+sparsekit.synthetic (random masks of a given sparsity for timing)."""
 
 import copy
-import math
 
 import pytest
 import torch
@@ -11,12 +11,13 @@ from torch import nn
 
 import sparsekit as sk
 from sparsekit import execute as ex
+from sparsekit import synthetic
 
 
 def masked_linear(out_f: int, in_f: int, sparsity: float, seed: int = 0, block: bool = False) -> nn.Linear:
     torch.manual_seed(seed)
     lin = nn.Linear(in_f, out_f)
-    mask = ex.block_mask((out_f, in_f), sparsity, (4, 4), seed) if block else ex.unstructured_mask(
+    mask = synthetic.block_mask((out_f, in_f), sparsity, (4, 4), seed) if block else synthetic.unstructured_mask(
         (out_f, in_f), sparsity, seed)
     sk.apply_masks(lin, {"weight": mask})
     return lin
@@ -74,7 +75,7 @@ def test_bad_inputs():
         ex.sparse_linear(nn.Linear(6, 4), "bsr", blocksize=(4, 4))
     with pytest.raises(ValueError, match="blocksize must be two positive ints"):
         ex.sparse_linear(nn.Linear(4, 4), "bsr", blocksize=(0, 4))
-    with pytest.raises(ValueError, match=r"input must have shape \[..., 4\]"):
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 4\].*got \(3, 5\)"):
         ex.sparse_linear(nn.Linear(4, 2), "csr")(torch.randn(3, 5))
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         ex.to_sparse("model")
@@ -88,20 +89,20 @@ def test_choose_layout_rule():
     big = (1024, 1024)
     w = torch.randn(*big)
     assert ex.choose_layout(w) == "dense"
-    assert ex.choose_layout(w * ex.unstructured_mask(big, 0.5)) == "dense"
-    assert ex.choose_layout(w * ex.unstructured_mask(big, 0.95)) == "csr"
-    assert ex.choose_layout(w * ex.unstructured_mask(big, 0.89)) == "dense"
-    assert ex.choose_layout(w * ex.block_mask(big, 0.9)) == "bsr"
-    assert ex.choose_layout(w * ex.block_mask(big, 0.6)) == "dense"  # 60 % zeros, below both crossovers
+    assert ex.choose_layout(w * synthetic.unstructured_mask(big, 0.5)) == "dense"
+    assert ex.choose_layout(w * synthetic.unstructured_mask(big, 0.95)) == "csr"
+    assert ex.choose_layout(w * synthetic.unstructured_mask(big, 0.89)) == "dense"
+    assert ex.choose_layout(w * synthetic.block_mask(big, 0.9)) == "bsr"
+    assert ex.choose_layout(w * synthetic.block_mask(big, 0.6)) == "dense"  # 60 % zeros, below both crossovers
     # Small weights stay dense whatever their sparsity; non-divisible shapes never get BSR.
     assert ex.choose_layout(torch.zeros(256, 256)) == "dense"
-    odd = torch.randn(1000, 1000) * ex.unstructured_mask((1000, 1000), 0.95)
+    odd = torch.randn(1000, 1000) * synthetic.unstructured_mask((1000, 1000), 0.95)
     assert ex.choose_layout(odd) == "csr"
 
 
 def test_to_sparse_swaps_only_masked_linears_and_leaves_original():
     model = sk.models.MLP(8, (16,), 4)
-    sk.apply_masks(model, {"0.weight": ex.unstructured_mask((16, 8), 0.5)})
+    sk.apply_masks(model, {"0.weight": synthetic.unstructured_mask((16, 8), 0.5)})
     fast = ex.to_sparse(model, "csr")
     assert ex.layouts(fast) == {"0": "csr"}
     assert isinstance(fast[2], nn.Linear) and not isinstance(model[0], ex.SparseLinear)
@@ -118,16 +119,11 @@ def test_to_sparse_on_a_bare_linear():
     assert isinstance(ex.to_sparse(nn.Linear(4, 4), "csr"), nn.Linear)
 
 
-def test_block_sparsity_and_masks():
-    m = ex.block_mask((8, 8), 0.5, (4, 4), seed=1)
+def test_block_sparsity():
+    m = synthetic.block_mask((8, 8), 0.5, (4, 4), seed=1)
     assert ex.block_sparsity(m.float(), (4, 4)) == 0.5
-    assert (~m).sum() == 32
-    u = ex.unstructured_mask((10, 10), 0.37, seed=3)
-    assert (~u).sum() == 37
     with pytest.raises(ValueError, match="not divisible"):
         ex.block_sparsity(torch.ones(6, 8), (4, 4))
-    with pytest.raises(ValueError, match="sparsity must be in"):
-        ex.unstructured_mask((4, 4), 1.0)
 
 
 def test_layout_bytes_counts_values_and_indices():
@@ -139,42 +135,6 @@ def test_layout_bytes_counts_values_and_indices():
     assert ex.layout_bytes(w.to_sparse_bsr((4, 4))) == 2 * 16 * 4 + 2 * 8 + 3 * 8
     with pytest.raises(ValueError, match="layout_bytes supports"):
         ex.layout_bytes(w.to_sparse())
-
-
-def test_crossover_interpolates_and_handles_edges():
-    s = [0.5, 0.7, 0.9]
-    assert ex.crossover(s, 1.0, [4.0, 1.0, 0.25]) == pytest.approx(0.7)
-    mid = ex.crossover(s, 1.0, [4.0, 2.0, 0.5])
-    assert 0.7 < mid < 0.9 and mid == pytest.approx(0.7 + 0.2 * math.log(2) / math.log(4))
-    assert ex.crossover(s, [1.0, 1.0, 1.0], [0.5, 0.5, 0.5]) == 0.5
-    assert ex.crossover(s, 1.0, [2.0, 2.0, 2.0]) is None
-    assert ex.crossover(s, 1.0, [0.5, 2.0, 0.5]) == pytest.approx(0.7 + 0.2 * 0.5)  # last run counts
-    with pytest.raises(ValueError, match="increasing"):
-        ex.crossover([0.9, 0.5], 1.0, [1.0, 1.0])
-    with pytest.raises(ValueError, match="positive"):
-        ex.crossover(s, 0.0, [1.0, 1.0, 1.0])
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.floats(0.1, 0.9), st.floats(0.1, 0.9), st.floats(0.1, 10.0))
-def test_crossover_of_a_line_is_its_root(a, b, scale):
-    # log(ratio) linear in s with a root r inside the grid: the interpolation is exact.
-    lo, hi = sorted((a, b))
-    if hi - lo < 1e-3:
-        return
-    r = (lo + hi) / 2
-    grid = [lo, r - (r - lo) / 3, r + (hi - r) / 3, hi]
-    times = [math.exp(-scale * (g - r)) for g in grid]
-    assert ex.crossover(grid, 1.0, times) == pytest.approx(r, abs=1e-9)
-
-
-def test_compare_layouts_returns_one_timing_per_function():
-    calls = []
-    res = ex.compare_layouts({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3)
-    assert set(res) == {"a", "b"} and all(t.repeats == 3 and t.q1 <= t.median <= t.q3 for t in res.values())
-    assert calls == ["a", "b"] * 4  # interleaved round-robin, warm-up included
-    with pytest.raises(ValueError):
-        ex.compare_layouts({}, repeats=1)
 
 
 @settings(max_examples=20, deadline=None)
@@ -189,9 +149,9 @@ def test_property_sparse_linear_equals_linear(out_f, in_f, sparsity, layout, see
 def test_choose_layout_counts_exactly_at_the_threshold():
     # round(0.9 * 4096**2) zeros is "90 %" although its float mean is 0.89999997.
     shape = (4096, 4096)
-    w = torch.ones(shape) * ex.unstructured_mask(shape, ex.CSR_MIN_SPARSITY)
+    w = torch.ones(shape) * synthetic.unstructured_mask(shape, ex.CSR_MIN_SPARSITY)
     assert ex.choose_layout(w) == "csr"
-    w = torch.ones(shape) * ex.unstructured_mask(shape, ex.CSR_MIN_SPARSITY - 1e-4)
+    w = torch.ones(shape) * synthetic.unstructured_mask(shape, ex.CSR_MIN_SPARSITY - 1e-4)
     assert ex.choose_layout(w) == "dense"
 
 
@@ -199,18 +159,18 @@ def test_choose_layout_prefers_the_layout_that_stores_less():
     # 99.5 % unstructured leaves ~73 % of the 8 x 8 blocks empty (both thresholds pass),
     # but CSR stores 0.5 % of the entries and BSR 27 % of the blocks: CSR wins.
     shape = (1024, 1024)
-    w = torch.ones(shape) * ex.unstructured_mask(shape, 0.995)
+    w = torch.ones(shape) * synthetic.unstructured_mask(shape, 0.995)
     assert ex.block_sparsity(w) >= ex.BSR_MIN_BLOCK_SPARSITY and ex.choose_layout(w) == "csr"
     # whole blocks: both pass again (95 % zeros), BSR stores the same values with far fewer indices
-    w = torch.ones(shape) * ex.block_mask(shape, 0.95, (32, 32))
+    w = torch.ones(shape) * synthetic.block_mask(shape, 0.95, (32, 32))
     assert ex.choose_layout(w) == "bsr"
     # exactly at the BSR threshold counts
-    w = torch.ones(shape) * ex.block_mask(shape, ex.BSR_MIN_BLOCK_SPARSITY)
+    w = torch.ones(shape) * synthetic.block_mask(shape, ex.BSR_MIN_BLOCK_SPARSITY)
     assert ex.choose_layout(w) == "bsr"
 
 
 def test_sparse_layouts_use_32_bit_indices():
-    w = torch.randn(64, 64) * ex.block_mask((64, 64), 0.75)
+    w = torch.randn(64, 64) * synthetic.block_mask((64, 64), 0.75)
     for layout in ("csr", "bsr"):
         t = ex.to_layout(w, layout)
         assert t.col_indices().dtype == t.crow_indices().dtype == torch.int32
@@ -257,12 +217,41 @@ def test_sparse_matmul_wrong_inner_dimension_is_a_named_error(layout):
         ex.sparse_matmul(w, torch.randn(2, 4), torch.zeros(5))
 
 
-@pytest.mark.parametrize("args, exc, match", [
-    (("x", 0.5), TypeError, "shape must be a sequence of non-negative ints, got 'x'"),
-    (((4, 4), "0.5"), TypeError, "sparsity"),
-    (((4, 4), 1.0), ValueError, "sparsity"),
-    (((4, 4), 0.5, None), TypeError, "seed"),
+@pytest.mark.parametrize("make", [lambda b: ex.sparse_matmul(torch.randn(6, 4), torch.randn(2, 4), b),
+                                  lambda b: ex.SparseLinear(torch.randn(6, 4), b, "csr")])
+def test_bias_of_the_wrong_type_is_a_named_error(make):
+    with pytest.raises(TypeError, match=r"bias must be None or a Tensor of shape \(6,\), got list"):
+        make([0.0] * 6)
+
+
+def test_layout_bytes_of_a_non_tensor_is_a_named_error():
+    with pytest.raises(TypeError, match="t must be a Tensor, got list"):
+        ex.layout_bytes([1.0, 2.0])
+
+
+def test_execute_holds_formats_only():
+    # mask fixtures live in sparsekit.synthetic, timing analysis in sparsekit.bench
+    for name in ("unstructured_mask", "block_mask", "compare_layouts", "crossover"):
+        assert not hasattr(ex, name)
+    assert ex.check_blocksize([4, 2]) == (4, 2)
+
+
+@pytest.mark.parametrize("layout", ["csr", "bsr"])
+def test_sparse_matmul_dtype_mismatch_is_a_named_error(layout):
+    w = ex.to_layout(torch.randn(6, 4), layout, (2, 2))  # dense weights: F.linear's own check
+    with pytest.raises(TypeError, match="weight, x and bias must share one dtype, got weight float32, x int64"):
+        ex.sparse_matmul(w, torch.ones(2, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="got weight float32, x float32, bias float64"):
+        ex.sparse_matmul(w, torch.ones(2, 4), torch.zeros(6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(csr_min_sparsity=2.0), ValueError, r"csr_min_sparsity must be in \[0, 1\], got 2.0"),
+    (dict(bsr_min_block_sparsity="0.7"), TypeError, "bsr_min_block_sparsity must be a number in"),
+    (dict(min_numel="a"), TypeError, "min_numel must be a non-negative int, got str 'a'"),
 ])
-def test_unstructured_mask_named_errors(args, exc, match):
+def test_choose_layout_named_errors(kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        ex.unstructured_mask(*args)
+        ex.choose_layout(torch.zeros(8, 8), **kwargs)
+    with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
+        ex.layouts("model")

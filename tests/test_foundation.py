@@ -1,6 +1,9 @@
-"""Data, models, training loop, cost report, timing and plotting helpers."""
+"""Data, models, training loop, cost report and plotting helpers (timing: test_bench.py)."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -8,7 +11,7 @@ import torch
 from torch import nn
 
 import sparsekit as sk
-from sparsekit import bench, data, models, report, train, viz
+from sparsekit import data, models, report, train, viz
 
 matplotlib.use("Agg")
 
@@ -259,72 +262,6 @@ def test_storage_bytes_dense_tensor():
     assert b == {"dense": 24, "csr": 6 * 8 + 3 * 4, "bitmask": 1 + 24}
 
 
-# --- timing -------------------------------------------------------------------------
-
-class FakeClock:
-    """A clock that only moves when the code under test "works": each fn() call advances it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def work(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def test_time_fn_counts_calls_and_orders_quartiles():
-    clock, durations = FakeClock(), iter([9.0, 9.0, 3.0, 1.0, 2.0, 5.0, 4.0])  # 2 warm-up, 5 timed
-    calls = []
-    t = bench.time_fn(lambda: (calls.append(1), clock.work(next(durations))), warmup=2, repeats=5, clock=clock)
-    assert len(calls) == 7 and t.repeats == 5
-    assert (t.median, t.q1, t.q3) == (3.0, 1.5, 4.5)  # the warm-up calls (9 s each) are not counted
-    assert t.ms == 3000.0 and "ms" in str(t)
-    assert bench.speedup(bench.Timing(2.0, 2, 2, 1), bench.Timing(1.0, 1, 1, 1)) == 2.0
-    with pytest.raises(ValueError):
-        bench.time_fn(lambda: None, repeats=0)
-
-
-def test_time_fn_min_time_repeats_until_enough_was_measured():
-    clock = FakeClock()
-    calls = []
-    t = bench.time_fn(lambda: (calls.append(1), clock.work(0.25)), warmup=0, repeats=2, min_time=1.0, clock=clock)
-    assert t.repeats == 4 and len(calls) == 4  # 4 x 0.25 s (exact in binary) reaches min_time
-
-
-def test_interleaved_times_round_robin_with_inner_calls():
-    clock = FakeClock()
-    calls = []
-    cost = {"a": 1.0, "b": 3.0}
-
-    def make(key):
-        return lambda: (calls.append(key), clock.work(cost[key]))
-
-    times = bench.interleaved_times({"a": make("a"), "b": make("b")}, warmup=2, repeats=3, inner=2, clock=clock)
-    assert calls == ["a", "b"] * 2 + (["a", "a", "b", "b"] * 3)
-    assert times == {"a": [1.0] * 3, "b": [3.0] * 3}  # each entry is the mean of `inner` calls
-    # warmup_s keeps warming up round-robin until that much (fake) time has passed: 0.25 s at 0.0625 s
-    # per round (both exact in binary) is 4 rounds, then 1 timed call
-    calls.clear()
-    clock = FakeClock()
-    bench.interleaved_times({"a": lambda: (calls.append("a"), clock.work(0.0625))}, warmup=0, repeats=1,
-                            warmup_s=0.25, clock=clock)
-    assert len(calls) == 4 + 1
-    for bad in ({"fns": {}}, {"repeats": 0}, {"inner": 0}, {"warmup": -1}):
-        kwargs = {"fns": {"a": lambda: None}, **bad}
-        with pytest.raises(ValueError, match="need functions"):
-            bench.interleaved_times(**kwargs)
-
-
-def test_summarize_median_and_quartiles():
-    t = bench.summarize([3.0, 1.0, 2.0, 4.0, 5.0])
-    assert (t.median, t.repeats) == (3.0, 5) and t.q1 < 3.0 < t.q3
-    assert bench.summarize([2.0]) == bench.Timing(2.0, 2.0, 2.0, 1)
-    with pytest.raises(ValueError, match="at least one"):
-        bench.summarize([])
-
-
 # --- plotting -----------------------------------------------------------------------
 
 def test_viz_helpers_draw():
@@ -346,6 +283,16 @@ def test_viz_helpers_draw():
         viz.mean_spread([])
     with pytest.raises(ValueError):
         viz.plot_layer_sparsity({})
+
+
+def test_import_sparsekit_does_not_import_matplotlib():
+    code = ("import sys; import sparsekit as sk; print('matplotlib' in sys.modules); "
+            "import matplotlib; matplotlib.use('Agg'); import torch; "
+            "ax = sk.viz.plot_mask(torch.ones(2, 3, dtype=torch.bool)); print(ax.get_xlabel()); "
+            "print('viz' in dir(sk), 'matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split("\n")[:3] == ["False", "input index", "True True"]
 
 
 def test_public_api_names():
@@ -402,7 +349,17 @@ def test_train_named_errors(kwargs, exc, match):
     (lambda: models.MLP(8, 8), TypeError, "hidden must be a sequence of positive ints.*got int 8"),
     (lambda: models.MLP(8, (8, 0)), ValueError, r"hidden\[1\] must be a positive int, got 0"),
     (lambda: models.MLP(8, (8,), True), TypeError, "num_classes"),
-    (lambda: models.CNN1d(32), ValueError, "channels must be three positive ints, got 32"),
+    (lambda: models.CNN1d(32), TypeError, "channels must be a sequence of 3 positive ints, got int 32"),
+    (lambda: models.CNN1d((8, 8)), ValueError, r"channels must be 3 positive ints, got 2: \(8, 8\)"),
+    (lambda: models.CNN1d(seq_len=14), ValueError, "seq_len must be >= 15 .*got 14"),
+    (lambda: models.ResCNN1d(channels=1.5), TypeError, "channels must be a positive int, got float 1.5"),
+    (lambda: models.ResCNN1d(blocks=-1), ValueError, "blocks must be a non-negative int, got -1"),
+    (lambda: models.ResidualBlock1d(8, kernel_size=4), ValueError, "kernel_size must be an odd positive int"),
+    (lambda: models.TinyTransformer(d_model="a"), TypeError, "d_model must be a positive int, got str 'a'"),
+    (lambda: models.TinyTransformer(num_heads=0), ValueError, "num_heads must be a positive int, got 0"),
+    (lambda: models.TinyTransformer(d_ff=0), ValueError, "d_ff must be a positive int, got 0"),
+    (lambda: models.MultiHeadSelfAttention(2, 4), ValueError, "d_model=2 must be >= num_heads=4"),
+    (lambda: models.count_parameters("x"), TypeError, "model must be an nn.Module, got str"),
 ])
 def test_model_named_errors(make, exc, match):
     with pytest.raises(exc, match=match):
@@ -430,3 +387,28 @@ def test_validation_helpers():
     assert v.seed(-3) == -3
     with pytest.raises(ValueError, match="seed must be an int >= 0"):
         v.seed(-3, low=0)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: data.loader([1.0, 2.0], torch.zeros(2), 2), TypeError, "x must be a Tensor, got list"),
+    (lambda: data.loader(torch.zeros(2, 1), (0, 1), 2), TypeError, "y must be a Tensor, got tuple"),
+    (lambda: data.loader(torch.zeros(2, 1), torch.zeros(2), 2, shuffle=True, seed=None), TypeError,
+     "seed must be an int"),
+    (lambda: data.loaders("splits"), TypeError, "splits must be a sparsekit.data.Splits"),
+    (lambda: data.mnist1d(seed=1.5), TypeError, "seed must be an int >= 0"),
+    (lambda: data.mnist1d(seed=-1), ValueError, "seed must be an int >= 0"),
+    (lambda: data.digits(seed="0"), TypeError, "seed must be an int"),
+])
+def test_data_named_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_viz_named_errors():
+    with pytest.raises(TypeError, match="mask must be a Tensor, got list"):
+        viz.plot_mask([[True, False]])
+    with pytest.raises(ValueError, match=r"curves\['m'\] must hold one list of seeds per x \(1\), got 2"):
+        viz.plot_curves([0.5], {"m": [[0.1], [0.2]]})
+    masks = {"a": torch.ones(2, 2, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"masks_by_label\['other'\] must have the layers"):
+        viz.plot_layer_sparsity({"one": masks, "other": {"b": masks["a"]}})

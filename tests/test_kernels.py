@@ -512,18 +512,20 @@ def test_gpu_benchmark_dry_run(tmp_path):
     assert not list((Path(gpu_24.RESULTS)).glob("gpu_24_DRYRUN_*"))
 
 
-def test_cuda_graph_time_is_the_benchmarks_timer():
+def test_gpu_timers():
+    # benchmarks/gpu_24.py: triton.testing.do_bench_cudagraph on a GPU, sk.bench.time_fn in a dry run;
+    # chapter 5: sk.bench.cuda_graph_time
     gpu_24 = _load_gpu_24()
     if not CUDA:
         with pytest.raises(RuntimeError, match="CUDA"):
             sk.bench.cuda_graph_time(lambda: None)
-        seconds, method = gpu_24.make_timer("cpu", repeats=2, inner=1)(lambda: sum(range(100)))
+        seconds, method = gpu_24.make_timer("cpu", repeats=2, rep_ms=1.0)(lambda: sum(range(100)))
         assert method == "cpu" and seconds > 0
         return
     a = torch.randn(512, 512, device="cuda")
     t = sk.bench.cuda_graph_time(lambda: a @ a, repeats=3, inner=2)
     assert t.repeats == 3 and 0 < t.q1 <= t.median <= t.q3
-    seconds, method = gpu_24.make_timer("cuda", repeats=3, inner=2)(lambda: a @ a)
+    seconds, method = gpu_24.make_timer("cuda", repeats=3, rep_ms=2.0)(lambda: a @ a)
     assert method == "graph" and seconds > 0
 
 

@@ -127,7 +127,7 @@ TAINT_SOURCES = {
     # evaluation of a model: float accumulation
     "evaluate", "accuracy", "sensitivity_scan",
     # timing
-    "time_fn", "interleaved_times", "compare_layouts", "perf_counter", "monotonic", "process_time",
+    "time_fn", "interleaved_times", "compare", "perf_counter", "monotonic", "process_time",
 }
 # sparsekit functions that change their first argument in place
 IN_PLACE = {"apply_masks", "remove_masks", "apply_magnitude_pruning", "apply_nm", "apply_ste", "finalize_ste", "rewind",
