@@ -90,13 +90,10 @@ Timer = Callable[[Callable[[], object]], tuple[float, str]]
 def make_timer(device: str, repeats: int, rep_ms: float) -> Timer:
     """``timer(fn) -> (median seconds per call, method)``: one method per device.
 
-    On CUDA: Triton's ``triton.testing.do_bench_cudagraph``: it runs ``fn`` once (Triton
-    compiles and autotunes here, which cannot happen inside a capture), estimates its time
-    from 5 calls, captures as many back-to-back calls as fill ``rep_ms`` milliseconds in
-    one CUDA graph, and returns the median over 10 replays of replay time / calls. CPU
-    launch overhead is excluded (at batch 1 an eager loop can be launch-bound); replays of
-    the same weights keep them in L2 when they fit. Run under ``torch.no_grad()``. A failed
-    capture is reported as an error in that cell, never timed another way.
+    On CUDA: ``sk.bench.cuda_graph_time(fn, rep_ms=rep_ms)``, Triton's
+    ``triton.testing.do_bench_cudagraph`` (the timer chapter 5 uses too): CPU launch
+    overhead excluded, median over 10 graph replays of ``rep_ms`` of back-to-back calls.
+    A failed capture is reported as an error in that cell, never timed another way.
     On CPU (dry run): ``sk.bench.time_fn`` wall clock under the Triton interpreter.
     """
     import sparsekit as sk
@@ -104,11 +101,7 @@ def make_timer(device: str, repeats: int, rep_ms: float) -> Timer:
     def timer(fn: Callable[[], object]) -> tuple[float, str]:
         if device != "cuda":
             return sk.bench.time_fn(fn, warmup=1, repeats=repeats).median, "cpu"
-        from triton.testing import do_bench_cudagraph  # after setup_environment chose the backend
-
-        with torch.no_grad():
-            ms = do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
-        return ms / 1e3, "graph"
+        return sk.bench.cuda_graph_time(fn, rep_ms=rep_ms).median, "graph"
 
     return timer
 

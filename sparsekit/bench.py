@@ -186,16 +186,16 @@ def crossover(sparsities: Sequence[float], dense_times: Sequence[float] | float,
     return s[i - 1] + (s[i] - s[i - 1]) * a / (a - b)
 
 
-def cuda_graph_time(fn: Callable[[], object], *, repeats: int = 20, inner: int = 20,
-                    warmup: int = 3) -> Timing:
+def cuda_graph_time(fn: Callable[[], object], *, rep_ms: float = 20.0) -> Timing:
     """Seconds per call of ``fn`` on the GPU, from CUDA-graph replays (launch overhead excluded).
 
-    ``fn`` runs ``warmup`` times eagerly first (this is also when Triton compiles and
-    autotunes, which cannot happen inside a capture), once more on a side stream, then
-    ``inner`` back-to-back calls are captured in one CUDA graph. The graph is replayed
-    ``repeats`` times, each replay timed with CUDA events; the result is the median (and
-    quartiles) of replay time / ``inner``. A failed capture raises: there is no eager
-    fallback, so every number in a table comes from this one method.
+    Triton's ``triton.testing.do_bench_cudagraph``, under ``torch.no_grad()``: ``fn`` runs
+    once eagerly (Triton compiles and autotunes here, which cannot happen inside a
+    capture), 5 timed calls estimate its duration, as many back-to-back calls as fill
+    ``rep_ms`` milliseconds are captured in one CUDA graph, and the graph is replayed 10
+    times, each replay timed with CUDA events. The result is the median (and quartiles) of
+    replay time / calls. A failed capture raises: there is no eager fallback, so every
+    number in a table comes from this one method (``benchmarks/gpu_24.py`` uses it too).
 
     **What is excluded.** Everything the CPU does per call: Python, the PyTorch dispatcher,
     Triton's launcher (argument specialization, autotune-cache lookup), ``cudaLaunchKernel``
@@ -211,39 +211,18 @@ def cuda_graph_time(fn: Callable[[], object], *, repeats: int = 20, inner: int =
     of the weight bytes may not show at all; this timer reports the GPU-side time that the
     byte-count roofline predicts, not that end-to-end latency. Replays of the same weights
     also keep them in L2 when they fit (an H100 has 50 MiB), so such shapes can beat the
-    HBM roofline. Needs CUDA (``RuntimeError`` otherwise).
+    HBM roofline. Needs CUDA and Triton (``RuntimeError`` otherwise).
     """
     _check_callable(fn, "fn")
-    repeats = _validate.positive_int(repeats, "repeats")
-    inner = _validate.positive_int(inner, "inner")
-    warmup = _validate.positive_int(warmup, "warmup")
+    rep_ms = _validate.real(rep_ms, "rep_ms", low=0.0, high=math.inf, low_open=True, high_open=True,
+                            what="a positive number of milliseconds")
     if not torch.cuda.is_available():
         raise RuntimeError("cuda_graph_time needs a CUDA GPU; on CPU use sk.bench.time_fn")
+    from triton.testing import do_bench_cudagraph  # Triton only where a GPU is
+
     with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()  # warm up on a side stream, as torch's CUDA-graph docs advise
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(inner):
-                fn()
-        graph.replay()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3 / inner)
-    return summarize(times)
+        replays_ms = do_bench_cudagraph(fn, rep=rep_ms, return_mode="all")
+    return summarize([ms / 1e3 for ms in replays_ms])
 
 
 def speedup(baseline: Timing, candidate: Timing) -> float:

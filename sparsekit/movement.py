@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 
 from . import _validate
 from . import scores as _scores
+from .finalize import freeze_masks
 from .masking import (
     WeightMask,
     _detach_injected_class,
@@ -61,7 +62,6 @@ from .masking import (
     prunable_weights,
 )
 from .select import _check_sparsity, cubic_sparsity, lowest_k, select_masks
-from .finalize import freeze_masks
 from .train import History, train
 
 METHODS = ("magnitude", "random", "movement", "soft_movement")

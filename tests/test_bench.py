@@ -160,8 +160,8 @@ def test_cuda_graph_time_needs_a_gpu():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="cuda_graph_time needs a CUDA GPU"):
         bench.cuda_graph_time(lambda: None)
-    with pytest.raises(ValueError, match="inner must be a positive int, got 0"):  # checked before the GPU
-        bench.cuda_graph_time(lambda: None, inner=0)
+    with pytest.raises(ValueError, match="rep_ms must be a positive number of milliseconds"):  # checked first
+        bench.cuda_graph_time(lambda: None, rep_ms=0)
     with pytest.raises(TypeError, match="fn must be callable"):
         bench.cuda_graph_time(None)
 

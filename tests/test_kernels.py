@@ -513,8 +513,8 @@ def test_gpu_benchmark_dry_run(tmp_path):
 
 
 def test_gpu_timers():
-    # benchmarks/gpu_24.py: triton.testing.do_bench_cudagraph on a GPU, sk.bench.time_fn in a dry run;
-    # chapter 5: sk.bench.cuda_graph_time
+    # one GPU timer for benchmarks/gpu_24.py and chapter 5: sk.bench.cuda_graph_time
+    # (triton.testing.do_bench_cudagraph); sk.bench.time_fn in a dry run
     gpu_24 = _load_gpu_24()
     if not CUDA:
         with pytest.raises(RuntimeError, match="CUDA"):
@@ -523,8 +523,8 @@ def test_gpu_timers():
         assert method == "cpu" and seconds > 0
         return
     a = torch.randn(512, 512, device="cuda")
-    t = sk.bench.cuda_graph_time(lambda: a @ a, repeats=3, inner=2)
-    assert t.repeats == 3 and 0 < t.q1 <= t.median <= t.q3
+    t = sk.bench.cuda_graph_time(lambda: a @ a, rep_ms=2.0)
+    assert t.repeats == 10 and 0 < t.q1 <= t.median <= t.q3
     seconds, method = gpu_24.make_timer("cuda", repeats=3, rep_ms=2.0)(lambda: a @ a)
     assert method == "graph" and seconds > 0
 
