@@ -33,7 +33,8 @@ __version__ = "0.1.0"
 
 # Chapter modules, imported on first attribute access.
 _LAZY_MODULES = (
-    "at_init", "execute", "graph", "kernels", "lottery", "movement", "nm", "pretrained", "structured", "unstructured",
+    "at_init", "execute", "graph", "kernels", "lottery", "movement", "nm", "nm_training", "permutation", "pretrained",
+    "structured", "unstructured",
 )
 # Top-level names that live in a chapter module: name -> module.
 _LAZY_NAMES = {
