@@ -63,7 +63,7 @@ def find_parametrization(module: nn.Module, kind: type[nn.Module], tensor_name: 
     """The first parametrization of type ``kind`` (subclasses included) on ``module.<tensor_name>``.
 
     Parametrizations are found by *type*, never by their position in the list: a weight
-    may carry several (an ``nm.NMSTE`` and a ``WeightMask``, in either order).
+    may carry several (an ``nm_training.NMSTE`` and a ``WeightMask``, in either order).
     ``None`` when there is none.
     """
     if not parametrize.is_parametrized(module, tensor_name):
@@ -291,7 +291,7 @@ def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -
     This re-creates each mask from the saved buffer first, then loads strictly.
 
     Saved parametrizations are matched by position against the model's own: those the
-    model already has (e.g. an ``nm.NMSTE`` registered with ``sk.nm.apply_ste``) are
+    model already has (e.g. an ``nm_training.NMSTE`` registered with ``sk.nm_training.apply_ste``) are
     loaded into, and each further one must be a mask (a single ``mask`` buffer), which is
     re-created. Anything else cannot be re-created from a state dict and raises
     ``ValueError`` naming the key. All-or-nothing: keys and shapes are checked against
@@ -317,7 +317,7 @@ def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -
                 raise ValueError(
                     f"state_dict entry {prefix}{i} holds {sorted(attrs)}: a parametrization that {plain} of the "
                     "model does not have and that is not a mask (only masks, a single 'mask' buffer, are "
-                    "re-created); register it on the model first (e.g. sk.nm.apply_ste for nm.NMSTE)"
+                    "re-created); register it on the model first (e.g. sk.nm_training.apply_ste for nm_training.NMSTE)"
                 )
             mask, key = attrs["mask"], f"{prefix}{i}.mask"
             if not isinstance(mask, Tensor):

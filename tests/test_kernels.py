@@ -570,3 +570,52 @@ def test_gpu_benchmark_render_goals():
     assert "met (67%)" in lines[1]
     with pytest.raises(ValueError, match="multiples of 64"):
         gpu_24.main(["--dry-run", "--sizes", "30"])
+
+
+# ---------------------------------------------------------------- metadata with i0 >= i1 (issue 12)
+
+
+def _bad_nibble_operands():
+    values, meta = sk.compress_24(torch.tensor([[0.0, 2.0, 0.0, 3.0, 1.0, 0.0, 0.0, 4.0]]))
+    bad = meta.clone()
+    bad[0, 0] = (bad[0, 0] & 0xF0) | 0b0101  # group 0: i0 = i1 = 1 (decompress_24 refuses it)
+    return values.to(DEVICE), bad.to(DEVICE)
+
+
+def test_sparse24_linear_refuses_a_nibble_with_i0_equal_i1():
+    values, bad = _bad_nibble_operands()
+    with pytest.raises(ValueError, match="i0 >= i1"):
+        sk.decompress_24(values.cpu(), bad.cpu())
+    with pytest.raises(ValueError, match=r"meta holds 1 nibble\(s\) with i0 >= i1 \(first at group index \[0, 0\], "
+                                         r"i0=1, i1=1\)"):
+        kernels.sparse24_linear(torch.ones(1, 8, device=DEVICE), values, bad)
+
+
+def test_sparse24_linear_checks_meta_again_after_an_in_place_change():
+    values, meta = sk.compress_24(torch.tensor([[0.0, 2.0, 0.0, 3.0, 1.0, 0.0, 0.0, 4.0]]))
+    values, meta = values.to(DEVICE), meta.to(DEVICE)
+    x = torch.ones(1, 8, device=DEVICE)
+    assert kernels.sparse24_linear(x, values, meta).tolist() == [[10.0]]
+    meta[0, 0] = (meta[0, 0] & 0xF0) | 0b0101  # the same tensor, now invalid
+    with pytest.raises(ValueError, match="i0 >= i1"):
+        kernels.sparse24_linear(x, values, meta)
+
+
+def test_sparse24_linear_checks_each_meta_tensor_once(monkeypatch):
+    from sparsekit.kernels import triton24
+    calls = []
+    monkeypatch.setattr(triton24, "check_meta_24", lambda meta, k: calls.append(k) or sk.nm.check_meta_24(meta, k))
+    w = _weight(4, 16, torch.float32, 0)
+    x = torch.randn(2, 16, device=DEVICE)
+    values, meta = sk.compress_24(w.cpu() * sk.nm_mask(w.cpu()))
+    values, meta = values.to(DEVICE), meta.to(DEVICE)
+    for _ in range(3):
+        kernels.sparse24_linear(x, values, meta)
+    assert calls == [16]  # checked on the first call only
+    kernels.sparse24_linear(x, *kernels.prune_compress_24(w))
+    assert calls == [16]  # prune_compress_24 writes valid metadata: never checked
+    with torch.inference_mode():
+        frozen = meta.clone()  # an inference tensor has no version counter: checked every call
+    kernels.sparse24_linear(x, values, frozen)
+    kernels.sparse24_linear(x, values, frozen)
+    assert calls == [16, 16, 16]

@@ -268,16 +268,16 @@ def test_masks_follow_device_and_dtype_moves():
 
 
 def _ste_and_mask(order: str) -> nn.Module:
-    """An MLP whose weights carry an nm.NMSTE *and* a mask (in the given order)."""
+    """An MLP whose weights carry an nm_training.NMSTE *and* a mask (in the given order)."""
     torch.manual_seed(0)
     model = MLP(8, (8,), 4)
     masks = _half_masks(model, 3)
     if order == "ste-first":
-        sk.nm.apply_ste(model)
+        sk.nm_training.apply_ste(model)
         sk.apply_masks(model, masks)
     else:
         sk.apply_masks(model, masks)
-        sk.nm.apply_ste(model)
+        sk.nm_training.apply_ste(model)
     return model
 
 
@@ -288,7 +288,7 @@ def test_find_parametrization_by_type_not_position(order):
     layer = model[0]
     assert len(layer.parametrizations.weight) == 2
     assert isinstance(find_parametrization(layer, WeightMask), WeightMask)
-    assert isinstance(find_parametrization(layer, sk.nm.NMSTE), sk.nm.NMSTE)
+    assert isinstance(find_parametrization(layer, sk.nm_training.NMSTE), sk.nm_training.NMSTE)
     assert find_parametrization(nn.Linear(2, 2), WeightMask) is None
     assert set(sk.get_masks(model)) == {"0.weight", "2.weight"}
 
@@ -305,14 +305,14 @@ def test_load_masked_state_dict_with_two_parametrizations(order):
     assert all(torch.equal(plain.state_dict()[k], v) for k, v in before.items())
     fresh = MLP(8, (8,), 4)
     if order == "ste-first":
-        sk.nm.apply_ste(fresh)  # the STE cannot be re-created from a state dict; the mask can
+        sk.nm_training.apply_ste(fresh)  # the STE cannot be re-created from a state dict; the mask can
         sk.load_masked_state_dict(fresh, state)
     else:
         with pytest.raises(ValueError, match=r"0\.parametrizations\.weight\.1 holds \['flips', 'mask'\]"):
             sk.load_masked_state_dict(fresh, state)
         assert not sk.get_masks(fresh)  # untouched
         sk.apply_masks(fresh, {n: torch.ones_like(m) for n, m in sk.get_masks(model).items()})
-        sk.nm.apply_ste(fresh)
+        sk.nm_training.apply_ste(fresh)
         sk.load_masked_state_dict(fresh, state)
     x = torch.randn(5, 8)
     assert torch.equal(model(x), fresh(x))

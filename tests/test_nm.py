@@ -1,15 +1,13 @@
-"""Tests for sparsekit.nm: N:M masks, the 2:4 format, STE / SR-STE, channel permutations."""
+"""Tests for sparsekit.nm: N:M masks and the 2:4 format."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import sparsekit as sk
 from sparsekit import nm
@@ -177,147 +175,6 @@ def test_nm_masks_with_scores_and_bad_shape():
     scores["0.weight"] = torch.zeros(3)
     with pytest.raises(ValueError, match="shape"):
         nm.nm_masks(mlp, scores=scores)
-
-
-# ---------------------------------------------------------------- STE / SR-STE
-
-
-def test_srste_backward_adds_decay_on_pruned():
-    w = torch.tensor([[1.0, -2.0, 3.0, 0.5]], requires_grad=True)
-    mask = sk.nm_mask(w)
-    out = nm._SRSTEFunction.apply(w, mask, 0.1)
-    assert out.tolist() == [[0.0, -2.0, 3.0, 0.0]]
-    out.sum().backward()
-    assert torch.allclose(w.grad, torch.tensor([[1.0 + 0.1, 1.0, 1.0, 1.0 + 0.05]]))
-
-
-def test_apply_ste_trains_with_dynamic_masks_and_counts_flips():
-    sk.seed_everything(0)
-    model = sk.models.MLP(8, (16,), 3)
-    names = nm.apply_ste(model, lam=0.0)
-    assert names == ["0.weight", "2.weight"]  # 8 and 16 inputs: both are multiples of 4
-    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
-    counter = nm.FlipCounter(every=1).start(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for step in range(1, 11):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        # STE: pruned (masked) dense weights receive gradient too
-        p = model[0].parametrizations.weight
-        assert (p.original.grad[~p[0].mask] != 0).any()
-        opt.step()
-        counter(step, model)
-    assert len(counter.flips) == 10 and sum(counter.flips) > 0
-    assert all(sk.is_nm(w) for w in sk.effective_weights(model).values())
-    before = copy.deepcopy(model)
-    masks = nm.finalize_ste(model)
-    assert not any(nm._ste_of(m) for m in model.modules())
-    assert sk.get_masks(model).keys() == masks.keys()
-    assert torch.allclose(model(x), before(x))
-    # the deep copy keeps working after the original was finalized
-    assert nm._ste_of(before[0]) is not None and before(x).shape == (64, 3)
-
-
-def test_srste_reduces_pruned_weight_magnitude():
-    def pruned_norm(lam: float) -> float:
-        sk.seed_everything(1)
-        model = sk.models.MLP(8, (16,), 3)
-        nm.apply_ste(model, lam=lam)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
-        for _ in range(20):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        p = model[0].parametrizations.weight
-        w = p.original.detach()
-        return float((w * ~p[0].current_mask(w)).abs().sum())
-
-    assert pruned_norm(0.5) < 0.8 * pruned_norm(0.0)
-
-
-def test_ste_bad_input():
-    with pytest.raises(ValueError, match="lam"):
-        nm.NMSTE((4, 4), lam=-1.0)
-    model = sk.models.MLP(8, (8,), 4)
-    nm.apply_ste(model)
-    with pytest.raises(ValueError, match="already"):
-        nm.apply_ste(model)
-    with pytest.raises(ValueError, match="different keys"):
-        nm.mask_flips({"a": torch.ones(2, dtype=torch.bool)}, {})
-    with pytest.raises(ValueError, match="every"):
-        nm.FlipCounter(0)
-
-
-def test_mask_flips_counts_differences():
-    a = {"w": torch.tensor([True, False, True])}
-    b = {"w": torch.tensor([False, False, True])}
-    assert nm.mask_flips(a, b) == 1 and nm.mask_flips(a, a) == 0
-
-
-# ---------------------------------------------------------------- permutations
-
-
-def test_search_permutation_improves_kept_magnitude():
-    torch.manual_seed(0)
-    w = torch.randn(16, 32)
-    perm = nm.search_permutation(w)
-    assert torch.equal(perm.sort().values, torch.arange(32))
-    assert nm.kept_magnitude(w[:, perm]) > nm.kept_magnitude(w)
-
-
-def test_search_permutation_finds_obvious_optimum():
-    # columns 0,1 and 2,3 each hold one big pair; one group must take two big columns each
-    w = torch.zeros(1, 8)
-    w[0, [0, 1, 2, 3]] = 10.0
-    before = nm.kept_magnitude(w)
-    perm = nm.search_permutation(w)
-    assert before == 20.0 and nm.kept_magnitude(w[:, perm]) == 40.0
-
-
-def test_permute_for_nm_preserves_function():
-    sk.seed_everything(0)
-    model = sk.models.MLP(8, (16, 12), 4)
-    x = torch.randn(5, 8)
-    before = model(x)
-    result = nm.permute_for_nm(model, [("0", "2"), ("2", "4")])
-    assert torch.allclose(model(x), before, atol=1e-5)
-    for kept_before, kept_after in result.values():
-        assert kept_after >= kept_before
-
-
-def test_permute_channels_with_batchnorm_and_masks():
-    sk.seed_everything(0)
-    cnn = sk.models.CNN1d((8, 8, 8)).eval()
-    cnn.bn1.running_mean.normal_()
-    cnn.bn1.running_var.uniform_(0.5, 2.0)
-    nm.apply_nm(cnn)
-    x = torch.randn(3, 40)
-    before = cnn(x)
-    perm = torch.randperm(8)
-    nm.permute_channels(cnn.conv1, cnn.conv2, perm, [cnn.bn1])
-    assert torch.allclose(cnn(x), before, atol=1e-5)
-    assert sk.get_masks(cnn)["conv2.weight"].shape == (8, 8, 5)
-
-
-def test_permutation_bad_input():
-    lin1, lin2 = nn.Linear(4, 8), nn.Linear(8, 4)
-    with pytest.raises(ValueError, match="permutation"):
-        nm.permute_channels(lin1, lin2, torch.tensor([0, 0, 1, 2, 3, 4, 5, 6]))
-    with pytest.raises(TypeError, match="integer"):
-        nm.permute_channels(lin1, lin2, torch.arange(8.0))
-    with pytest.raises(ValueError, match="output channels"):
-        nm.permute_channels(lin2, lin2, torch.arange(8))
-    with pytest.raises(TypeError, match="Linear or Conv"):
-        nm.permute_channels(nn.ReLU(), lin2, torch.arange(8))
-    with pytest.raises(ValueError, match="2-D"):
-        nm.search_permutation(torch.randn(2, 4, 4))
-    with pytest.raises(ValueError, match="multiple"):
-        nm.search_permutation(torch.randn(2, 6))
-    with pytest.raises(ValueError, match="no module"):
-        nm.permute_for_nm(sk.models.MLP(8, (8,), 4), [("0", "9")])
 
 
 # ---------------------------------------------------------------- issue 12

@@ -33,10 +33,13 @@ from __future__ import annotations
 import functools
 import math
 import os
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..nm import check_meta_24
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_BLOCK_J = 64  # prune_compress_24: at most 64 metadata bytes (512 weights) of one row per program
@@ -85,6 +88,39 @@ def _check_dtype(t: Tensor, name: str) -> None:
         raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+# Metadata tensors already known to be valid: id -> (weak reference, version, K). A tensor is
+# checked again when it changed in place (its version counter moved) or is read as another K.
+_VALID_META: dict[int, tuple[weakref.ref[Tensor], int, int]] = {}
+
+
+def _version(t: Tensor) -> int | None:
+    """``t``'s in-place version counter; None for an inference tensor (it has none)."""
+    return None if t.is_inference() else t._version
+
+
+def _remember_valid_meta(meta: Tensor, k: int) -> None:
+    version, key = _version(meta), id(meta)
+    if version is not None:  # an inference tensor cannot be tracked: it is checked on every call
+        _VALID_META[key] = (weakref.ref(meta, lambda _ref, key=key: _VALID_META.pop(key, None)), version, k)
+
+
+def _check_meta(meta: Tensor, k: int) -> None:
+    """``sk.nm.check_meta_24`` (every nibble ``i0 < i1``), once per metadata tensor and version.
+
+    The kernel cannot refuse a nibble with ``i0 == i1`` (it would drop a value), so the
+    metadata is checked on the host, but not on every call: a tensor that passed (or that
+    ``prune_compress_24`` wrote) is checked again only after an in-place change. Skipped
+    while a CUDA graph is being captured (values cannot be read then; warm-up checked them).
+    """
+    seen = _VALID_META.get(id(meta))
+    if seen is not None and seen[0]() is meta and seen[1] == _version(meta) and seen[2] == k:
+        return
+    if meta.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    check_meta_24(meta, k)
+    _remember_valid_meta(meta, k)
 
 
 @functools.cache
@@ -139,6 +175,7 @@ def prune_compress_24(w: Tensor, *, block: int = 256) -> tuple[Tensor, Tensor]:
     grid = (math.ceil(rows / block_r), math.ceil(mb / block_j))
     kern[grid](w, values, meta, rows, k, k // 2, mb, w.stride(0), values.stride(0), meta.stride(0),
                BLOCK_R=block_r, BLOCK_J=block_j, BLOCK=block)
+    _remember_valid_meta(meta, k)  # valid by construction: sparse24_linear need not check it
     return values, meta
 
 
@@ -153,7 +190,8 @@ def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None
     fixes the tiling and ``split_k`` (with ``blocks`` only) splits K over that many programs
     per output tile, whose fp32 partials a second pass sums in a fixed order; by default the
     GPU autotunes all of these (split-K is a candidate for batches <= 32) and the
-    interpreter uses (16, 16, 16) without split.
+    interpreter uses (16, 16, 16) without split. ``meta`` holding a nibble with
+    ``i0 >= i1`` raises ``ValueError``, as in ``decompress_24`` (checked once per tensor).
     """
     _check_dtype(x, "x")
     _check_dtype(values, "values")
@@ -178,6 +216,7 @@ def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None
         if tuple(bias.shape) != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     _check_device(x, values, meta, *(() if bias is None else (bias,)))
+    _check_meta(meta, k)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
