@@ -1,13 +1,14 @@
-"""Training N:M masks with a straight-through estimator: the *train* and *finalize* steps.
+"""Training N:M masks with a straight-through estimator: the *train* step.
 
 In score -> select -> mask -> train -> finalize, N:M sparsity can be learned rather than
 fixed once: the mask is recomputed from the dense weight at every forward pass (*select*
 inside *train*), the backward pass is straight-through (Bengio et al. 2013) with SR-STE's
-sparse-refined decay on the pruned weights (Zhou et al. 2021, Eq. 6), and ``finalize_ste``
-freezes the last masks as ordinary sparsekit masks (*finalize*).
+sparse-refined decay on the pruned weights (Zhou et al. 2021, Eq. 6), and
+``sparsekit.finalize.freeze_masks`` freezes the last masks as ordinary sparsekit masks
+(*finalize*; ``NMSTE.current_mask`` is what it reads).
 
 This module holds, top to bottom: the SR-STE autograd function, the ``NMSTE``
-parametrization, ``apply_ste`` / ``ste_masks`` / ``finalize_ste``, and the mask-flip
+parametrization, ``apply_ste`` / ``ste_masks``, and the mask-flip
 count that Zhou et al. use to measure training stability (``mask_flips``,
 ``FlipCounter``). The N:M masks themselves are ``sparsekit.nm``'s.
 """
@@ -22,17 +23,14 @@ from torch.nn.utils import parametrize
 
 from . import _validate
 from .masking import (
-    _detach_injected_class,
     _prunable_modules,
     _stored_weight,
     _weight_name,
-    apply_masks,
     find_parametrization,
-    get_masks,
 )
 from .nm import check_nm, group_view, nm_mask
 
-__all__ = ["NMSTE", "apply_ste", "ste_masks", "finalize_ste", "mask_flips", "FlipCounter"]
+__all__ = ["NMSTE", "apply_ste", "ste_masks", "mask_flips", "FlipCounter"]
 
 
 class _SRSTEFunction(torch.autograd.Function):
@@ -156,25 +154,6 @@ def ste_masks(model: nn.Module) -> dict[str, Tensor]:
         if p is not None:
             out[_weight_name(name)] = p.current_mask()
     return out
-
-
-def finalize_ste(model: nn.Module) -> dict[str, Tensor]:
-    """Freeze the STE masks: remove ``NMSTE`` and hold the final masks with ``apply_masks``.
-
-    The dense weights come back, then the N:M mask of their final values
-    (``NMSTE.current_mask``) is applied as an ordinary sparsekit mask, intersected with a
-    mask the weight already had (so fine-tuning keeps both). Returns the masks now held
-    on the weights that had an ``NMSTE``.
-    """
-    masks = ste_masks(model)
-    held = get_masks(model)
-    masks = {k: v & held[k] if k in held else v for k, v in masks.items()}
-    for module in _prunable_modules(model).values():
-        if _ste_of(module) is not None:
-            _detach_injected_class(module)
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-    apply_masks(model, masks)
-    return masks
 
 
 def mask_flips(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) -> int:

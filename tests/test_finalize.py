@@ -33,17 +33,16 @@ def test_freeze_masks_keeps_what_the_scores_apply_and_drops_the_scores() -> None
 
 def test_freeze_masks_intersects_with_fixed_masks_held_before() -> None:
     model = _mlp()
-    fixed = sk.select_masks(sk.scores.magnitude(model), 0.5, scope="layer")
+    fixed = sk.select_masks(sk.scores.magnitude(model), 0.7, scope="layer")
     sk.apply_masks(model, fixed)
-    mv.attach_scores(model)
-    for p in mv.score_parameters(model).values():
-        p.data.normal_()
-    mv.update_hard(model, 0.5)
-    learned = {k: sm.current_mask() for k, sm in mv._score_masks(model).items()}
+    names = sk.nm_training.apply_ste(model)
+    learned = sk.nm_training.ste_masks(model)
     masks = finalize.freeze_masks(model)
+    assert sorted(masks) == sorted(names)
     for k in masks:
         assert torch.equal(masks[k], learned[k] & fixed[k])
         assert torch.equal(sk.get_masks(model)[k], learned[k] & fixed[k])
+    assert not finalize.learned_masks(model)
 
 
 def test_freeze_masks_on_nm_straight_through_masks() -> None:

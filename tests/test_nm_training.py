@@ -43,7 +43,7 @@ def test_apply_ste_trains_with_dynamic_masks_and_counts_flips():
     assert len(counter.flips) == 10 and sum(counter.flips) > 0
     assert all(sk.is_nm(w) for w in sk.effective_weights(model).values())
     before = copy.deepcopy(model)
-    masks = nm_training.finalize_ste(model)
+    masks = sk.finalize.freeze_masks(model)
     assert not any(nm_training._ste_of(m) for m in model.modules())
     assert sk.get_masks(model).keys() == masks.keys()
     assert torch.allclose(model(x), before(x))
@@ -151,12 +151,12 @@ def test_ste_masks_and_finalize_use_current_mask():
     expected = {k: sk.nm_mask(w.detach()) for k, w in sk.prunable_weights(model).items()}
     masks = nm_training.ste_masks(model)
     assert masks.keys() == expected.keys() and all(torch.equal(masks[k], expected[k]) for k in masks)
-    final = nm_training.finalize_ste(model)
+    final = sk.finalize.freeze_masks(model)
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     assert all(torch.equal(sk.get_masks(model)[k], expected[k]) for k in expected)
 
 
-def test_finalize_ste_keeps_a_mask_the_weight_already_had():
+def test_freeze_masks_keeps_a_mask_the_weight_already_had():
     torch.manual_seed(0)
     model = sk.models.MLP(8, (8,), 4)
     keep = torch.zeros(8, 8, dtype=torch.bool)
@@ -166,7 +166,7 @@ def test_finalize_ste_keeps_a_mask_the_weight_already_had():
     nm_training.apply_ste(model)
     ste = nm_training.ste_masks(model)["0.weight"]
     assert (ste & ~keep).any()  # the STE keeps an entry that the earlier mask pruned
-    final = nm_training.finalize_ste(model)
+    final = sk.finalize.freeze_masks(model)
     assert torch.equal(final["0.weight"], ste & keep)
     assert torch.equal(sk.get_masks(model)["0.weight"], ste & keep)
     assert torch.equal(sk.get_masks(model)["2.weight"], final["2.weight"])  # no earlier mask: the STE's
