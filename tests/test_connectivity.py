@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lottery_task import frozen as _frozen
+from lottery_task import mlp as _mlp
+from lottery_task import splits as _splits
 
 import sparsekit as sk
 from sparsekit import connectivity
-from sparsekit.data import Splits
-
-
-def _splits(n_val: int = 64) -> Splits:
-    """A small learnable synthetic task: the class is the argmax of 10 fixed projections."""
-    gen = torch.Generator().manual_seed(0)
-    proj = torch.randn(40, 10, generator=gen)
-
-    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.randn(n, 40, generator=gen)
-        return x, (x @ proj).argmax(dim=1)
-
-    (xt, yt), (xv, yv), (xs, ys) = make(256), make(n_val), make(128)
-    return Splits(xt, yt, xv, yv, xs, ys)
-
-
-def _mlp() -> torch.nn.Module:
-    return sk.models.MLP(40, (32, 32), 10)
-
-
-def _frozen(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """An optimizer that never moves a weight: trained state == starting state."""
-    return torch.optim.SGD(model.parameters(), lr=0.0)
-
 
 DATA = _splits()
 

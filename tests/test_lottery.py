@@ -8,33 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lottery_task import frozen as _frozen
+from lottery_task import mlp as _mlp
+from lottery_task import splits as _splits
 
 import sparsekit as sk
 from sparsekit import lottery
-from sparsekit.data import Splits
-
-
-def _splits(n_train: int = 256, n_val: int = 64, n_test: int = 128, seed: int = 0) -> Splits:
-    """A small learnable synthetic task: the class is the argmax of 10 fixed projections."""
-    gen = torch.Generator().manual_seed(seed)
-    proj = torch.randn(40, 10, generator=gen)
-
-    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.randn(n, 40, generator=gen)
-        return x, (x @ proj).argmax(dim=1)
-
-    (xt, yt), (xv, yv), (xs, ys) = make(n_train), make(n_val), make(n_test)
-    return Splits(xt, yt, xv, yv, xs, ys)
-
-
-def _mlp() -> torch.nn.Module:
-    return sk.models.MLP(40, (32, 32), 10)
-
-
-def _frozen(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """An optimizer that never moves a weight: trained state == starting state."""
-    return torch.optim.SGD(model.parameters(), lr=0.0)
-
 
 DATA = _splits()
 
