@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import _validate
 from . import scores as _scores
 from .masking import get_masks, prunable_weights
-from .select import _check_sparsity, geometric_schedule, select_masks
+from .select import geometric_schedule, select_masks
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -139,7 +139,7 @@ def pruning_path(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    sparsity = _check_sparsity(sparsity)
+    sparsity = _validate.fraction(sparsity, "sparsity")
     rounds = _validate.positive_int(rounds, "rounds")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")

@@ -61,7 +61,7 @@ from .masking import (
     get_masks,
     prunable_weights,
 )
-from .select import _check_sparsity, cubic_sparsity, lowest_k, select_masks
+from .select import cubic_sparsity, lowest_k, select_masks
 from .train import History, train
 
 METHODS = ("magnitude", "random", "movement", "soft_movement")
@@ -204,7 +204,7 @@ def update_hard(model: nn.Module, sparsity: float) -> None:
 
     Ties are broken as in :func:`sparsekit.select_masks` (the lower flat index is pruned first).
     """
-    _hard(_require_scores(model), _check_sparsity(sparsity))
+    _hard(_require_scores(model), _validate.fraction(sparsity, "sparsity"))
 
 
 @torch.no_grad()
@@ -292,7 +292,7 @@ class Schedule:
     cooldown: float = 0.3
 
     def __post_init__(self) -> None:
-        _check_sparsity(self.final_sparsity, "final_sparsity")
+        _validate.fraction(self.final_sparsity, "final_sparsity")
         _validate.integer(self.steps, "steps", low=2)
         _validate.fraction(self.warmup, "warmup")
         _validate.fraction(self.cooldown, "cooldown")

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from . import _validate
 from . import scores as _scores
 from .masking import apply_masks, get_masks, prunable_weights
-from .select import _check_sparsity, cubic_sparsity, geometric_schedule, select_masks
+from .select import cubic_sparsity, geometric_schedule, select_masks
 from .train import History, accuracy, train
 
 DEFAULT_MIN_KEEP = 0.01
@@ -49,7 +49,7 @@ def apply_magnitude_pruning(model: nn.Module, sparsity: float, scope: str = "glo
     Existing masks are respected and count toward ``sparsity`` (it can only grow).
     Pass ``scores=sk.scores.random(model, seed)`` for the random-pruning baseline.
     """
-    _check_sparsity(sparsity)
+    _validate.fraction(sparsity, "sparsity")
     if scores is None:
         scores = _scores.magnitude(model)
     current = get_masks(model)
@@ -149,7 +149,7 @@ def sensitivity_scan(model: nn.Module, x: Tensor, y: Tensor, sparsities: Sequenc
     unknown = [n for n in names if n not in weights]
     if unknown:
         raise ValueError(f"names has unknown weight names {unknown}; allowed: {list(weights)}")
-    grid = [_check_sparsity(s) for s in sparsities]
+    grid = [_validate.fraction(s, "sparsity") for s in sparsities]
     out: dict[str, list[float]] = {}
     for name in names:
         accs = []
