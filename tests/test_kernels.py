@@ -199,6 +199,13 @@ def test_sparse24_linear_bad_input():
         kernels.sparse24_linear(x, values, meta, torch.zeros(4, dtype=torch.float16, device=DEVICE))
     with pytest.raises(ValueError, match="power of two"):
         kernels.sparse24_linear(x, values, meta, blocks=(8, 16, 16))
+    with pytest.raises(ValueError, match="BLOCK_N must be a power of two >= 16, got 24"):
+        kernels.sparse24_linear(x, values, meta, blocks=(16, 24, 16))
+    with pytest.raises(TypeError, match="BLOCK_K must be a power of two >= 16, got float"):
+        kernels.sparse24_linear(x, values, meta, blocks=(16, 16, 16.0))
+    for bad in (0, True, 1.0):
+        with pytest.raises(ValueError, match="split_k must be a positive int"):
+            kernels.sparse24_linear(x, values, meta, blocks=(16, 16, 16), split_k=bad)
 
 
 def test_sparse24_linear_equals_pruned_linear_layer():

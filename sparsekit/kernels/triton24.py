@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import _validate
 from ..nm import check_meta_24
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -239,11 +240,9 @@ def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None
     call = _LinearCall(x2, values, meta, bias, y, interp)
     if blocks is not None:
         for name, v in zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks):
-            if v < 16 or v & (v - 1):
+            if _validate.integer(v, name, low=16, what="a power of two >= 16") & (v - 1):
                 raise ValueError(f"{name} must be a power of two >= 16, got {v}")
-        if isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1:
-            raise ValueError(f"split_k must be a positive int, got {split_k!r}")
-        call.explicit(*blocks, split_k)
+        call.explicit(*blocks, _validate.positive_int(split_k, "split_k"))
     else:
         call.tuned(_kernels()["linear_tuned"])
     return y.reshape(*lead, n)
