@@ -33,7 +33,6 @@ interleaved timing and the crossover of a measured sweep are in :mod:`sparsekit.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _validate
-from .masking import get_masks
+from .masking import copy_model, get_masks
 
 LAYOUTS = ("auto", "dense", "csr", "bsr")
 """Accepted ``layout`` arguments."""
@@ -313,7 +312,7 @@ def to_sparse(model: nn.Module, layout: str = "auto", blocksize: Sequence[int] =
     _check_layout(layout)
     check_blocksize(blocksize)
     masked = {"" if name == "weight" else name.removesuffix(".weight") for name in get_masks(model)}
-    new = copy.deepcopy(model)
+    new = copy_model(model)
     if isinstance(new, nn.Linear):
         return sparse_linear(new, layout, blocksize) if ("" in masked or not masked_only) else new
     targets = [name for name, m in new.named_modules()

@@ -13,6 +13,7 @@ which keeps the plain attribute (``layer.weight``) working for every caller.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 
@@ -145,12 +146,30 @@ def _stored_weight(module: nn.Module, name: str = "weight") -> nn.Parameter:
         return plist.original
     if not isinstance(module._parameters.get("weight"), nn.Parameter):
         extra = ", ".join(n for n in module._parameters if n.startswith("weight_")) or "none"
+        if "weight_orig" in module._parameters and "weight_mask" in module._buffers:
+            raise TypeError(
+                f"{name} of {type(module).__name__} was pruned with torch.nn.utils.prune (a forward pre-hook "
+                "computes weight = weight_orig * weight_mask); sparsekit can only mask a stored weight: make "
+                "that pruning permanent first (torch.nn.utils.prune.remove(module, 'weight')), or start from "
+                "the unpruned model and hold the mask with sk.apply_masks"
+            )
         raise TypeError(
             f"{name} of {type(module).__name__} is not a stored parameter but computed (parameters: {extra}; "
             "e.g. by the deprecated torch.nn.utils.weight_norm); sparsekit can only mask a stored weight: "
             "remove the hook first (torch.nn.utils.remove_weight_norm)"
         )
     return module.weight
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` for functions that return a new model (``shrink_*``, ``to_sparse``).
+
+    Refuses first, with the ``TypeError`` of :func:`prunable_weights`, a model whose weights
+    are computed by hooks (``torch.nn.utils.prune``, the deprecated ``weight_norm``): such
+    models cannot even be deep-copied (torch raises about non-leaf tensors).
+    """
+    prunable_weights(model)
+    return copy.deepcopy(model)
 
 
 @torch.no_grad()

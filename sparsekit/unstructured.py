@@ -16,7 +16,6 @@ iterative pruning, :func:`sparsekit.cubic_sparsity` for gradual pruning).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from . import _validate
 from . import scores as _scores
-from .masking import apply_masks, get_masks, prunable_weights
+from .masking import apply_masks, copy_model, get_masks, prunable_weights
 from .select import cubic_sparsity, geometric_schedule, select_masks
 from .train import History, accuracy, train
 
@@ -154,7 +153,7 @@ def sensitivity_scan(model: nn.Module, x: Tensor, y: Tensor, sparsities: Sequenc
     for name in names:
         accs = []
         for s in grid:
-            pruned = copy.deepcopy(model)
+            pruned = copy_model(model)
             masks = get_masks(pruned)
             current = {name: masks[name]} if name in masks else None
             score = {name: _scores.magnitude(pruned)[name]}

@@ -430,3 +430,25 @@ def test_weight_norm_is_refused_with_a_named_error(kind):
     # the other layers can still be masked, and the model is left as it was on error
     sk.apply_masks(model, {"0.weight": torch.zeros(8, 8, dtype=torch.bool)})
     assert list(sk.get_masks(model)) == ["0.weight"]
+
+
+def test_a_model_pruned_with_torch_nn_utils_prune_is_refused_clearly_everywhere():
+    import torch.nn.utils.prune as torch_prune
+
+    model = sk.models.CNN1d(channels=(8, 8, 8))
+    torch_prune.l1_unstructured(model.conv1, "weight", 0.5)
+    x, y = torch.randn(2, 1, 40), torch.tensor([0, 1])
+    calls = {
+        "prunable_weights": lambda: sk.prunable_weights(model),
+        "apply_masks": lambda: sk.apply_masks(model, {"conv1.weight": torch.ones(8, 1, 5, dtype=torch.bool)}),
+        "snip": lambda: sk.scores.snip(model, x, y),
+        "shrink_channels": lambda: sk.structured.shrink_channels(model, 0.5, x),
+        "to_sparse": lambda: sk.execute.to_sparse(model),
+        "copy_model": lambda: sk.masking.copy_model(model),
+    }
+    for call in calls.values():
+        with pytest.raises(TypeError, match=r"pruned with torch.nn.utils.prune.*prune.remove\(module, 'weight'\)"):
+            call()
+    torch_prune.remove(model.conv1, "weight")  # made permanent: an ordinary model again
+    assert sk.sparsity(model.conv1.weight) == 0.5
+    assert sk.masking.copy_model(model) is not model

@@ -9,7 +9,6 @@ q/k/v/out projections are physically smaller.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .. import _validate
-from ..masking import remove_masks
+from ..masking import copy_model, remove_masks
 from ..models import MultiHeadSelfAttention
 from .importance import LossFn, gate_gradients, model_device
 from .shrink import keep_entries
@@ -96,7 +95,7 @@ def shrink_heads(model: nn.Module, heads_to_prune: Mapping[int, Iterable[int]]) 
     if not isinstance(heads_to_prune, Mapping):
         raise TypeError(f"heads_to_prune must be a mapping layer -> heads, got {type(heads_to_prune).__name__}")
     attention_layers(model)  # refuse a model without attention before copying it
-    new = copy.deepcopy(model)
+    new = copy_model(model)
     if any(parametrize.is_parametrized(m) for m in new.modules()):
         remove_masks(new)
     attn = attention_layers(new)

@@ -11,7 +11,6 @@ model**. The dependencies come from the model's ``torch.fx`` graph
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -21,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from .. import _validate
 from .. import graph as dep
-from ..masking import remove_masks
+from ..masking import copy_model, remove_masks
 from ..train import eval_mode
 from .importance import bn_importance, l1_importance
 
@@ -211,7 +210,7 @@ def shrink_channels(model: nn.Module, sparsity: float | Mapping[str, float], exa
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    new = copy.deepcopy(model)
+    new = copy_model(model)
     if any(parametrize.is_parametrized(m) for m in new.modules()):
         remove_masks(new)
     with eval_mode(new):
