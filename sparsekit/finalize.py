@@ -24,10 +24,10 @@ from torch.nn.utils import parametrize
 
 from .masking import (
     WeightMask,
-    _detach_injected_class,
-    _prunable_modules,
-    _weight_name,
     apply_masks,
+    prunable_modules,
+    remove_weight_parametrizations,
+    weight_name,
 )
 
 
@@ -49,7 +49,7 @@ def learned_masks(model: nn.Module) -> dict[str, Tensor]:
     mask its next forward pass really applies.
     """
     out: dict[str, Tensor] = {}
-    for name, module in _prunable_modules(model).items():
+    for name, module in prunable_modules(model).items():
         if not parametrize.is_parametrized(module, "weight"):
             continue
         plist = module.parametrizations["weight"]
@@ -62,7 +62,7 @@ def learned_masks(model: nn.Module) -> dict[str, Tensor]:
         for p in plist:
             if isinstance(p, WeightMask) and not isinstance(p, LearnedMask):
                 mask &= p.mask
-        out[_weight_name(name)] = mask
+        out[weight_name(name)] = mask
     return out
 
 
@@ -81,9 +81,8 @@ def freeze_masks(model: nn.Module) -> dict[str, Tensor]:
             f"{type(model).__name__} has no learned mask to freeze (attach movement scores with "
             f"movement.attach_scores or N:M straight-through masks with nm_training.apply_ste first)"
         )
-    modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
+    modules = {weight_name(n): m for n, m in prunable_modules(model).items()}
     for name in masks:
-        _detach_injected_class(modules[name])  # deep copies must not share the injected class
-        parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=False)
+        remove_weight_parametrizations(modules[name], leave_parametrized=False)
     apply_masks(model, masks)
     return masks

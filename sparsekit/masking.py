@@ -44,7 +44,7 @@ class WeightMask(nn.Module):
         return f"kept={kept}/{self.mask.numel()}"
 
 
-def _prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
+def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
     """``{module name: module}`` for every Linear / Conv1d / Conv2d, in module order."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -56,7 +56,8 @@ def _prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _weight_name(module_name: str) -> str:
+def weight_name(module_name: str) -> str:
+    """The plain name of a module's weight, as in ``named_parameters()``: ``"0.weight"``."""
     return f"{module_name}.weight" if module_name else "weight"
 
 
@@ -86,8 +87,8 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     one computed by a hook) raises ``TypeError`` naming it.
     """
     weights: dict[str, nn.Parameter] = {}
-    for name, module in _prunable_modules(model).items():
-        weights[_weight_name(name)] = _stored_weight(module, _weight_name(name))
+    for name, module in prunable_modules(model).items():
+        weights[weight_name(name)] = stored_weight(module, weight_name(name))
     return weights
 
 
@@ -95,7 +96,7 @@ def _check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, tup
     """Validate every mask before anything changes; ``{name: (module, mask on the weight's device)}``."""
     if not isinstance(masks, Mapping):
         raise TypeError(f"masks must be a mapping name -> bool tensor, got {type(masks).__name__}")
-    modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
+    modules = {weight_name(n): m for n, m in prunable_modules(model).items()}
     checked: dict[str, tuple[nn.Module, Tensor]] = {}
     for key, mask in masks.items():
         if key not in modules:
@@ -107,7 +108,7 @@ def _check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, tup
             raise TypeError(f"masks[{key!r}] must have dtype torch.bool, got {mask.dtype}")
         if mask.layout != torch.strided:
             raise ValueError(f"masks[{key!r}] must be a dense (strided) tensor, got layout {mask.layout}")
-        weight = _stored_weight(modules[key], key)
+        weight = stored_weight(modules[key], key)
         shape = tuple(weight.shape)
         if tuple(mask.shape) != shape:
             raise ValueError(f"masks[{key!r}] has shape {tuple(mask.shape)}, the weight has shape {shape}")
@@ -124,7 +125,7 @@ def _check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, tup
     return checked
 
 
-def _stored_weight(module: nn.Module, name: str = "weight") -> nn.Parameter:
+def stored_weight(module: nn.Module, name: str = "weight") -> nn.Parameter:
     """The parameter the optimizer updates: ``original`` when parametrized, else ``weight``.
 
     A weight sparsekit cannot mask is refused with ``TypeError``: one stored as several
@@ -197,39 +198,41 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
 def get_masks(model: nn.Module) -> dict[str, Tensor]:
     """``{plain weight name: bool mask}`` (copies) for every masked weight."""
     masks: dict[str, Tensor] = {}
-    for name, module in _prunable_modules(model).items():
+    for name, module in prunable_modules(model).items():
         wm = _mask_of(module)
         if wm is not None:
-            masks[_weight_name(name)] = wm.mask.detach().clone()
+            masks[weight_name(name)] = wm.mask.detach().clone()
     return masks
 
 
-def _detach_injected_class(module: nn.Module) -> None:
-    """Give ``module`` a private copy of parametrize's injected class.
+def remove_weight_parametrizations(module: nn.Module, *, leave_parametrized: bool) -> None:
+    """Remove every parametrization of ``module.weight``, safely for deep copies.
 
-    ``copy.deepcopy`` of a parametrized module shares the injected ``ParametrizedLinear``
-    class with the original; ``remove_parametrizations`` deletes the ``weight`` property
-    from that class, which would break the original. A private copy of the class makes
-    removal affect this module only.
+    ``leave_parametrized=True`` keeps the weight as the forward pass saw it (masks baked
+    in); ``False`` restores the stored original. ``copy.deepcopy`` of a parametrized module
+    shares the injected ``ParametrizedLinear`` class with the original, and
+    ``torch.nn.utils.parametrize.remove_parametrizations`` deletes the ``weight`` property
+    from that class, which would break the original: the module first gets a private copy
+    of the class, so removal affects this module only.
     """
     cls = module.__class__
     module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=leave_parametrized)
 
 
 def remove_masks(model: nn.Module) -> None:
     """Bake the masks in: every masked weight becomes a plain parameter with exact zeros."""
-    for module in _prunable_modules(model).values():
+    for module in prunable_modules(model).values():
         if _mask_of(module) is None:
             continue
-        _detach_injected_class(module)
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        remove_weight_parametrizations(module, leave_parametrized=True)
 
 
 def effective_weights(model: nn.Module) -> dict[str, Tensor]:
     """``{plain name: weight as the forward pass sees it}`` (mask applied), detached."""
     return {
-        _weight_name(name): module.weight.detach()
-        for name, module in _prunable_modules(model).items()
+        weight_name(name): module.weight.detach()
+        for name, module in prunable_modules(model).items()
     }
 
 
@@ -321,8 +324,8 @@ def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -
     expected = {k: v.shape for k, v in model.state_dict().items() if isinstance(v, Tensor)}
     expected_keys = set(model.state_dict())
     to_create: list[tuple[nn.Module, Tensor]] = []
-    for module_name, module in _prunable_modules(model).items():
-        plain = _weight_name(module_name)
+    for module_name, module in prunable_modules(model).items():
+        plain = weight_name(module_name)
         prefix = _parametrization_prefix(module_name)
         saved = _saved_parametrizations(state_dict, prefix)
         have = len(module.parametrizations["weight"]) if parametrize.is_parametrized(module, "weight") else 0
@@ -341,7 +344,7 @@ def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -
             mask, key = attrs["mask"], f"{prefix}{i}.mask"
             if not isinstance(mask, Tensor):
                 raise TypeError(f"state_dict[{key!r}] must be a Tensor, got {type(mask).__name__}")
-            weight = _stored_weight(module, plain)
+            weight = stored_weight(module, plain)
             if mask.shape != weight.shape:
                 raise ValueError(f"state_dict[{key!r}] has shape {tuple(mask.shape)}, "
                                  f"{plain} of the model has shape {tuple(weight.shape)}")
@@ -363,7 +366,7 @@ def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -
         )
     with torch.no_grad():
         for module, mask in to_create:
-            weight = _stored_weight(module)
+            weight = stored_weight(module)
             parametrize.register_parametrization(
                 module, "weight", WeightMask(mask.to(device=weight.device, dtype=torch.bool)), unsafe=True
             )

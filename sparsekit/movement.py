@@ -53,13 +53,13 @@ from . import scores as _scores
 from .finalize import freeze_masks
 from .masking import (
     WeightMask,
-    _detach_injected_class,
-    _prunable_modules,
-    _weight_name,
     apply_masks,
     find_parametrization,
     get_masks,
+    prunable_modules,
     prunable_weights,
+    remove_weight_parametrizations,
+    weight_name,
 )
 from .select import cubic_sparsity, lowest_k, select_masks
 from .train import History, train
@@ -151,10 +151,10 @@ class ScoreMask(WeightMask):
 
 def _score_masks(model: nn.Module) -> dict[str, ScoreMask]:
     found: dict[str, ScoreMask] = {}
-    for name, module in _prunable_modules(model).items():
+    for name, module in prunable_modules(model).items():
         sm = find_parametrization(module, ScoreMask)
         if sm is not None:
-            found[_weight_name(name)] = sm  # type: ignore[assignment]
+            found[weight_name(name)] = sm  # type: ignore[assignment]
     return found
 
 
@@ -167,7 +167,7 @@ def attach_scores(model: nn.Module, names: Iterable[str] | None = None, init: fl
     optimizer *after* this call so that it sees the scores (see :func:`param_groups`).
     """
     init = _validate.real(init, "init")
-    modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
+    modules = {weight_name(n): m for n, m in prunable_modules(model).items()}
     chosen = _check_names(prunable_weights(model), names)
     for name in chosen:
         if parametrize.is_parametrized(modules[name], "weight"):
@@ -335,7 +335,7 @@ def _all_or_nothing(model: nn.Module) -> Iterator[None]:
     ``WeightMask``), every parameter and buffer value (masks included), gradients and
     each module's train/eval mode. Parameter objects, and their order, are the same as before.
     """
-    modules = {_weight_name(n): m for n, m in _prunable_modules(model).items()}
+    modules = {weight_name(n): m for n, m in prunable_modules(model).items()}
     before = {name: list(m.parametrizations["weight"]) if parametrize.is_parametrized(m, "weight") else None
               for name, m in modules.items()}
     order = {name: list(m._parameters) for name, m in modules.items()}
@@ -350,8 +350,7 @@ def _all_or_nothing(model: nn.Module) -> Iterator[None]:
             if not parametrize.is_parametrized(module, "weight"):
                 continue
             if had is None:
-                _detach_injected_class(module)  # deep copies must not share the injected class
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+                remove_weight_parametrizations(module, leave_parametrized=False)
                 for key in order[name]:  # removal re-registers ``weight`` last: restore the order
                     module._parameters[key] = module._parameters.pop(key)
                 continue

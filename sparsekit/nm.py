@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate
-from .masking import _prunable_modules, _stored_weight, _weight_name, apply_masks
+from .masking import apply_masks, prunable_modules, stored_weight, weight_name
 
 __all__ = [
     "nm_mask", "is_nm", "group_view", "nm_masks", "apply_nm", "compress_24", "decompress_24",
@@ -153,7 +153,7 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tens
 
 
 def _named_weights(model: nn.Module) -> dict[str, Tensor]:
-    return {_weight_name(k): _stored_weight(mod) for k, mod in _prunable_modules(model).items()}
+    return {weight_name(k): stored_weight(mod) for k, mod in prunable_modules(model).items()}
 
 
 def apply_nm(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tensor] | None = None,

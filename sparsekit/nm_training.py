@@ -23,10 +23,10 @@ from torch.nn.utils import parametrize
 
 from . import _validate
 from .masking import (
-    _prunable_modules,
-    _stored_weight,
-    _weight_name,
     find_parametrization,
+    prunable_modules,
+    stored_weight,
+    weight_name,
 )
 from .nm import check_nm, group_view, nm_mask
 
@@ -133,26 +133,26 @@ def apply_ste(model: nn.Module, n: int = 2, m: int = 4, lam: float = 0.0) -> lis
     """
     check_nm(n, m)
     done = []
-    for name, module in _prunable_modules(model).items():
+    for name, module in prunable_modules(model).items():
         if _ste_of(module) is not None:
-            raise ValueError(f"{_weight_name(name)} already has an N:M STE parametrization")
-        weight = _stored_weight(module)
+            raise ValueError(f"{weight_name(name)} already has an N:M STE parametrization")
+        weight = stored_weight(module)
         if group_view(weight).shape[-1] % m:
             continue
         ste = NMSTE(weight.shape, n, m, lam)
         parametrize.register_parametrization(module, "weight", ste, unsafe=True)
         ste.__dict__["_layer"] = module
-        done.append(_weight_name(name))
+        done.append(weight_name(name))
     return done
 
 
 def ste_masks(model: nn.Module) -> dict[str, Tensor]:
     """``{weight name: current N:M mask}`` of every STE-parametrized weight (``NMSTE.current_mask``)."""
     out = {}
-    for name, module in _prunable_modules(model).items():
+    for name, module in prunable_modules(model).items():
         p = _ste_of(module)
         if p is not None:
-            out[_weight_name(name)] = p.current_mask()
+            out[weight_name(name)] = p.current_mask()
     return out
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .masking import _stored_weight, _weight_name
+from .masking import stored_weight, weight_name
 from .nm import check_nm, group_view, nm_mask
 
 __all__ = ["kept_magnitude", "search_permutation", "permute_channels", "permute_for_nm"]
@@ -121,11 +121,11 @@ def permute_channels(producer: nn.Module, consumer: nn.Module, perm: Tensor,
     for name, mod in (("producer", producer), ("consumer", consumer)):
         if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             raise TypeError(f"{name} must be a Linear or Conv layer, got {type(mod).__name__}")
-    out_ch = _stored_weight(producer).shape[0]
-    in_ch = _stored_weight(consumer).shape[1]
+    out_ch = stored_weight(producer).shape[0]
+    in_ch = stored_weight(consumer).shape[1]
     if out_ch != in_ch:
         raise ValueError(f"producer has {out_ch} output channels but consumer has {in_ch} input channels")
-    perm = _check_perm(perm, in_ch).to(_stored_weight(consumer).device)
+    perm = _check_perm(perm, in_ch).to(stored_weight(consumer).device)
     _permute_tensor_param(consumer, "weight", perm, dim=1)
     _permute_tensor_param(producer, "weight", perm, dim=0)
     if producer.bias is not None:
@@ -141,7 +141,7 @@ def permute_channels(producer: nn.Module, consumer: nn.Module, perm: Tensor,
 
 
 def _permute_tensor_param(module: nn.Module, name: str, perm: Tensor, dim: int) -> None:
-    stored = _stored_weight(module)
+    stored = stored_weight(module)
     stored.copy_(stored.index_select(dim, perm))
     if parametrize.is_parametrized(module, name):
         for p in module.parametrizations[name]:
@@ -168,11 +168,11 @@ def permute_for_nm(model: nn.Module, pairs: Sequence[tuple[str, str] | tuple[str
             if nm_ not in modules:
                 raise ValueError(f"model has no module named {nm_!r}")
         consumer = modules[cons_name]
-        weight = _stored_weight(consumer)
+        weight = stored_weight(consumer)
         if weight.dim() != 2:
             raise ValueError(f"consumer {cons_name!r} must be a Linear layer for the search")
         before = kept_magnitude(weight, n, m)
         perm = search_permutation(weight, n, m, **search_kwargs)
         permute_channels(modules[prod_name], consumer, perm, [modules[b] for b in between_names])
-        out[_weight_name(cons_name)] = (before, kept_magnitude(_stored_weight(consumer), n, m))
+        out[weight_name(cons_name)] = (before, kept_magnitude(stored_weight(consumer), n, m))
     return out

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate
-from .masking import _prunable_modules, _weight_name
+from .masking import prunable_modules, weight_name
 from .train import eval_mode
 
 OTHER_OPS = "(other ops)"  # the cost_report row for FLOPs outside every Linear/Conv (attention matmuls)
@@ -126,7 +126,7 @@ def cost_report(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
     more row, named ``"(other ops)"`` with no parameters, so :func:`totals` equals
     :func:`cost`'s FLOPs.
     """
-    modules = _prunable_modules(model)
+    modules = prunable_modules(model)
     counts = flop_counts(model, example_input)
     rows = []
     for name, module in modules.items():
@@ -135,7 +135,7 @@ def cost_report(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
         flops = counts.get(name, 0)
         b = storage_bytes(w)
         rows.append(LayerCost(
-            name=_weight_name(name), shape=tuple(w.shape), params=w.numel(), nonzeros=nnz,
+            name=weight_name(name), shape=tuple(w.shape), params=w.numel(), nonzeros=nnz,
             dense_flops=flops, effective_flops=flops * nnz // w.numel() if w.numel() else 0,
             dense_bytes=b["dense"], csr_bytes=b["csr"], bitmask_bytes=b["bitmask"],
         ))
