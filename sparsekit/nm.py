@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate
-from .masking import apply_masks, prunable_modules, stored_weight, weight_name
+from .masking import apply_masks, prunable_weights
 
 __all__ = [
     "nm_mask", "is_nm", "group_view", "nm_masks", "apply_nm", "compress_24", "decompress_24",
@@ -125,12 +125,13 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tens
     ``scores`` must hold every weight that gets a mask and no other name (``ValueError``).
     """
     check_nm(n, m)
-    weights = _named_weights(model)
+    weights = prunable_weights(model)
+    in_dims = {k: group_view(w).shape[-1] for k, w in weights.items()}
     if scores is not None:
         if not isinstance(scores, Mapping):
             raise TypeError(f"scores must be a mapping weight name -> Tensor or None, got {type(scores).__name__}")
-        missing = [k for k, w in weights.items()  # a layer that is left out needs no score
-                   if k not in scores and (strict or group_view(w).shape[-1] % m == 0)]
+        missing = [k for k in weights  # a layer that is left out needs no score
+                   if k not in scores and (strict or in_dims[k] % m == 0)]
         unknown = [k for k in scores if k not in weights]
         if missing or unknown:
             raise ValueError(f"scores must have one entry per prunable weight ({', '.join(weights)}); "
@@ -140,20 +141,15 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tens
                 raise TypeError(f"scores[{name!r}] must be a Tensor, got {type(score).__name__}")
     masks: dict[str, Tensor] = {}
     for name, weight in weights.items():
+        if in_dims[name] % m:  # before the score is read: a layer that is left out needs none
+            if strict:
+                raise ValueError(f"{name}: input dim {in_dims[name]} is not a multiple of m={m}")
+            continue
         score = weight.detach().abs() if scores is None else scores[name].detach()
         if score.shape != weight.shape:
             raise ValueError(f"scores[{name!r}] has shape {tuple(score.shape)}, weight has {tuple(weight.shape)}")
-        flat = group_view(score)
-        if flat.shape[-1] % m:
-            if strict:
-                raise ValueError(f"{name}: input dim {flat.shape[-1]} is not a multiple of m={m}")
-            continue
-        masks[name] = nm_mask(flat, n, m).reshape(weight.shape)  # ranked in the scores' own dtype
+        masks[name] = nm_mask(group_view(score), n, m).reshape(weight.shape)  # ranked in the scores' own dtype
     return masks
-
-
-def _named_weights(model: nn.Module) -> dict[str, Tensor]:
-    return {weight_name(k): stored_weight(mod) for k, mod in prunable_modules(model).items()}
 
 
 def apply_nm(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, Tensor] | None = None,

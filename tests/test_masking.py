@@ -452,3 +452,206 @@ def test_a_model_pruned_with_torch_nn_utils_prune_is_refused_clearly_everywhere(
     torch_prune.remove(model.conv1, "weight")  # made permanent: an ordinary model again
     assert sk.sparsity(model.conv1.weight) == 0.5
     assert sk.masking.copy_model(model) is not model
+
+
+# --- exact behaviour pinned by mutation testing (tests/MUTATION.md) -----------------------
+
+
+def test_weight_mask_repr_counts_kept_entries():
+    from sparsekit.masking import WeightMask
+    assert repr(WeightMask(torch.tensor([True, False, True, True]))) == "WeightMask(kept=3/4)"
+
+
+def test_remove_masks_skips_unmasked_layers_and_bakes_exact_zeros():
+    model = MLP(8, (8,), 4)
+    masks = {"2.weight": torch.tensor([[True, False] * 4] * 4)}
+    sk.apply_masks(model, masks)  # only the second layer is masked
+    with torch.no_grad():  # a pruned entry of the stored original that is not zero any more
+        model[2].parametrizations.weight.original.fill_(5.0)
+    sk.remove_masks(model)
+    assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear
+    assert isinstance(model[2].weight, nn.Parameter)
+    assert torch.equal(model[2].weight.detach(), torch.where(masks["2.weight"], 5.0, 0.0))
+
+
+def test_sparsity_counts_zeros_not_nonzeros():
+    assert sk.sparsity(torch.tensor([0.0, 1.0, 2.0, 3.0])) == 0.25
+    assert sk.sparsity(torch.tensor([[0.0, -0.0], [0.0, 7.0]])) == 0.75
+
+
+def test_sparsity_error_messages():
+    with pytest.raises(ValueError, match=r"^sparsity of an empty tensor is undefined$"):
+        sk.sparsity(torch.zeros(0))
+    with pytest.raises(ValueError, match=r"^ReLU has no Linear/Conv1d/Conv2d weights$"):
+        sk.sparsity(nn.ReLU())
+    with pytest.raises(TypeError, match=r"^sparsity expects a Tensor or nn.Module, got list$"):
+        sk.sparsity([1, 2])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about initialising a zero-element tensor
+        layer = nn.Linear(0, 3)
+    with pytest.raises(ValueError, match=r"^sparsity of Linear is undefined: its prunable weights have no "
+                                         r"entries \(\{'weight': \(3, 0\)\}\)$"):
+        sk.sparsity(layer)
+
+
+def test_plain_state_keys_of_a_bare_layer_and_of_other_tensors():
+    from torch.nn.utils import parametrize
+
+    from sparsekit.masking import WeightMask, plain_state_keys
+    layer = nn.Linear(4, 2)
+    sk.apply_masks(layer, {"weight": torch.ones(2, 4, dtype=torch.bool)})
+    parametrize.register_parametrization(layer, "bias", WeightMask(torch.ones(2, dtype=torch.bool)))
+    assert plain_state_keys(layer) == {
+        "parametrizations.weight.original": "weight", "parametrizations.weight.0.mask": None,
+        "parametrizations.bias.original": "bias", "parametrizations.bias.0.mask": None,
+    }
+    normed = _weight_normed("parametrization")  # weight_norm stores original0 / original1
+    keys = plain_state_keys(normed)
+    assert keys["2.parametrizations.weight.original0"] == "2.parametrizations.weight.original0"
+    assert keys["2.parametrizations.weight.original1"] == "2.parametrizations.weight.original1"
+    assert keys["0.weight"] == "0.weight"
+
+
+def test_load_masked_state_dict_into_a_bare_layer():
+    source = nn.Linear(4, 2)
+    mask = torch.tensor([[True, False, True, False], [False, True, False, True]])
+    sk.apply_masks(source, {"weight": mask})
+    target = nn.Linear(4, 2)
+    sk.load_masked_state_dict(target, source.state_dict())
+    assert torch.equal(sk.get_masks(target)["weight"], mask)
+    assert torch.equal(target.weight, source.weight)
+
+
+def test_load_masked_state_dict_with_a_parametrized_bias_only():
+    from torch.nn.utils import parametrize
+    source, target = MLP(8, (8,), 4), MLP(8, (8,), 4)
+    for model in (source, target):
+        parametrize.register_parametrization(model[0], "bias", nn.Identity())
+    sk.apply_masks(source, _half_masks(source))
+    sk.load_masked_state_dict(target, source.state_dict())
+    assert all(torch.equal(sk.get_masks(target)[k], v) for k, v in sk.get_masks(source).items())
+
+
+def test_load_masked_state_dict_error_messages():
+    with pytest.raises(TypeError, match=r"^state_dict must be a mapping key -> Tensor, got list$"):
+        sk.load_masked_state_dict(MLP(8, (8,), 4), [])
+    source = MLP(8, (8,), 4)
+    sk.apply_masks(source, _half_masks(source))
+    state = dict(source.state_dict())
+    state["0.parametrizations.weight.2.mask"] = state.pop("0.parametrizations.weight.0.mask")
+    with pytest.raises(ValueError, match=r"^state_dict has parametrizations \[2\] for 0.weight but the model has 0: "
+                                         r"positions must follow on without gaps$"):
+        sk.load_masked_state_dict(MLP(8, (8,), 4), state)
+    state = dict(source.state_dict())
+    state["0.parametrizations.weight.0.mask"] = [True] * 64
+    with pytest.raises(TypeError, match=r"^state_dict\['0.parametrizations.weight.0.mask'\] must be a Tensor, "
+                                        r"got list$"):
+        sk.load_masked_state_dict(MLP(8, (8,), 4), state)
+    state = dict(MLP(8, (8,), 4).state_dict())
+    state["0.parametrizations.weight.0.flips"] = torch.zeros(())
+    with pytest.raises(ValueError, match=r"^state_dict entry 0.parametrizations.weight.0 holds \['flips'\]: a "
+                       r"parametrization that 0.weight of the model does not have and that is not a mask \(only "
+                       r"masks, a single 'mask' buffer, are re-created\); register it on the model first \(e.g. "
+                       r"sk.nm_training.apply_ste for nm_training.NMSTE\)$"):
+        sk.load_masked_state_dict(MLP(8, (8,), 4), state)
+
+
+def test_load_masked_state_dict_with_only_missing_keys_is_a_named_error():
+    source = MLP(8, (8,), 4)
+    sk.apply_masks(source, _half_masks(source))
+    state = dict(source.state_dict())
+    del state["2.bias"]
+    with pytest.raises(ValueError, match=r"nothing was changed\): missing keys \['2.bias'\], unexpected keys \[\], "
+                                         r"shape mismatches \(saved vs model\) \[\]$"):
+        sk.load_masked_state_dict(MLP(8, (8,), 4), state)
+
+
+def test_load_masked_state_dict_names_a_weight_it_cannot_mask():
+    target = _weight_normed("parametrization")
+    state = {**target.state_dict(), "2.parametrizations.weight.1.mask": torch.ones(4, 8, dtype=torch.bool)}
+    with pytest.raises(TypeError, match=r"^2.weight is parametrized by _WeightNorm"):
+        sk.load_masked_state_dict(target, state)
+
+
+def test_prunable_modules_skips_a_layer_without_weight_and_names_a_bare_layer():
+    headless = nn.Linear(2, 2)
+    del headless.weight  # no weight at all: not prunable
+    assert list(sk.prunable_weights(nn.Sequential(headless, nn.Linear(2, 3)))) == ["1.weight"]
+    assert list(sk.prunable_weights(nn.Linear(2, 3))) == ["weight"]
+    with pytest.raises(TypeError, match=r"^model must be an nn.Module, got Tensor$"):
+        sk.prunable_weights(torch.zeros(3))
+
+
+def test_find_parametrization_looks_at_the_named_tensor_only():
+    from torch.nn.utils import parametrize
+
+    from sparsekit.masking import WeightMask, find_parametrization
+    layer = nn.Linear(2, 2)
+    mask = WeightMask(torch.ones(2, dtype=torch.bool))
+    parametrize.register_parametrization(layer, "bias", mask)
+    assert find_parametrization(layer, WeightMask) is None
+    assert find_parametrization(layer, WeightMask, "bias") is mask
+    assert list(sk.prunable_weights(layer)) == ["weight"] and sk.prunable_weights(layer)["weight"] is layer.weight
+
+
+def test_apply_masks_error_messages():
+    model = MLP(8, (8,), 4)
+    with pytest.raises(TypeError, match=r"^masks must be a mapping name -> bool tensor, got list$"):
+        sk.apply_masks(model, [])
+    with pytest.raises(ValueError, match=r"^masks has unknown weight name 'x'; allowed names: 0.weight, 2.weight$"):
+        sk.apply_masks(model, {"x": torch.ones(1, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"^masks has unknown weight name 'x'; allowed names: \(none\)$"):
+        sk.apply_masks(nn.ReLU(), {"x": torch.ones(1, dtype=torch.bool)})
+    with pytest.raises(TypeError, match=r"^masks\['0.weight'\] must be a Tensor, got list$"):
+        sk.apply_masks(model, {"0.weight": [True]})
+    with pytest.raises(ValueError, match=r"^masks\['0.weight'\] must be a dense \(strided\) tensor, got layout "
+                                         r"torch.sparse_coo$"):
+        sk.apply_masks(model, {"0.weight": torch.ones(8, 8, dtype=torch.bool).to_sparse()})
+
+
+def test_apply_masks_on_the_meta_device():
+    model = MLP(8, (8,), 4).to("meta")  # a meta mask fits a meta weight (shape-only dry runs)
+    sk.apply_masks(model, {"0.weight": torch.ones(8, 8, dtype=torch.bool, device="meta")})
+    assert sk.get_masks(model)["0.weight"].device.type == "meta"
+
+
+class _TwoPart(nn.Module):
+    """A parametrization that stores the weight as two tensors and owns a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a + b) * self.scale
+
+    def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return w / 2, w / 2
+
+
+def test_weights_sparsekit_cannot_mask_have_exact_messages():
+    from torch.nn.utils import parametrize
+
+    from sparsekit.masking import stored_weight
+    with pytest.raises(TypeError, match=r"^2.weight is parametrized by _WeightNorm, which stores it as several tensors "
+                                        r"\(original0, original1\); sparsekit can only mask a weight stored as one "
+                                        r"tensor: remove that parametrization first "
+                                        r"\(torch.nn.utils.parametrize.remove_parametrizations\)$"):
+        sk.prunable_weights(_weight_normed("parametrization"))
+    with pytest.raises(TypeError, match=r"^2.weight of Linear is not a stored parameter but computed \(parameters: "
+                                        r"weight_g, weight_v; e.g. by the deprecated torch.nn.utils.weight_norm\); "
+                                        r"sparsekit can only mask a stored weight: remove the hook first "
+                                        r"\(torch.nn.utils.remove_weight_norm\)$"):
+        sk.prunable_weights(_weight_normed("hook"))
+    two = nn.Linear(2, 2)
+    parametrize.register_parametrization(two, "weight", _TwoPart())
+    with pytest.raises(TypeError, match=r"^weight is parametrized by _TwoPart, which stores it as several tensors "
+                                        r"\(original0, original1\);"):
+        stored_weight(two)  # the default name, and only the stored tensors (not the parametrization's own)
+    plain = nn.Linear(2, 2)
+    del plain.weight
+    plain.weight = torch.ones(2, 2)  # a plain attribute, not a parameter
+    with pytest.raises(TypeError, match=r"^weight of Linear is not a stored parameter but computed \(parameters: "
+                                        r"none;"):
+        stored_weight(plain)

@@ -211,3 +211,126 @@ def test_nm_masks_rank_scores_in_their_own_dtype():
     scores["0.weight"][:, 3] += 1e-12  # lost in float32: all ties, lower indices would win
     masks = nm.nm_masks(mlp, scores=scores)
     assert masks["0.weight"][0].tolist() == [True, False, False, True]
+
+
+# ---------------------------------------------------------------- exact behaviour (tests/MUTATION.md)
+
+
+def test_nm_edge_patterns_one_of_one_and_all_of_m():
+    w = torch.tensor([[3.0, -1.0, 0.0, 2.0]])
+    assert sk.nm_mask(w, 1, 1).tolist() == [[True, True, True, True]]
+    assert sk.nm_mask(w, 4, 4).tolist() == [[True, True, True, True]]
+    assert sk.nm_mask(w, 3, 4).tolist() == [[True, True, False, True]]
+    assert sk.is_nm(w, 4, 4) and sk.is_nm(torch.tensor([[1.0, 1.0]]), 1, 1)
+
+
+def test_nm_argument_messages_name_the_argument():
+    w = torch.randn(2, 8)
+    with pytest.raises(TypeError, match=r"^n must be an int, got float 2.0$"):
+        sk.nm_mask(w, 2.0, 4)
+    with pytest.raises(TypeError, match=r"^m must be an int, got float 4.0$"):
+        sk.nm_mask(w, 2, 4.0)
+    with pytest.raises(ValueError, match=r"^need 1 <= n <= m, got n=5, m=4$"):
+        sk.nm_mask(w, 5, 4)
+    with pytest.raises(TypeError, match=r"^w must be a Tensor, got list$"):
+        sk.nm_mask([[1.0, 2.0, 3.0, 4.0]])
+    with pytest.raises(ValueError, match=r"^w must have at least one dimension, got a 0-d tensor$"):
+        sk.is_nm(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"^w.shape\[-1\] must be a multiple of m=4, got 6 \(shape \(2, 6\)\)$"):
+        sk.is_nm(torch.randn(2, 6))
+    with pytest.raises(TypeError, match=r"^weight must be a Tensor, got list$"):
+        nm.group_view([1.0])
+
+
+def test_group_view_returns_the_weight_itself_up_to_two_dims():
+    w1, w2, w3 = torch.randn(8), torch.randn(4, 8), torch.randn(4, 2, 3)
+    assert nm.group_view(w1) is w1 and nm.group_view(w2) is w2
+    assert torch.equal(nm.group_view(w3), w3.reshape(4, 6))
+
+
+def test_nm_mask_on_the_meta_device():
+    mask = sk.nm_mask(torch.ones(2, 8, dtype=torch.int64, device="meta"))
+    assert mask.device.type == "meta" and mask.dtype == torch.bool and mask.shape == (2, 8)
+
+
+def test_nm_mask_nan_message_counts_them():
+    with pytest.raises(ValueError, match=r"^w contains 3 NaN value\(s\); N:M masks need comparable scores \(replace "
+                                         r"NaN first, e.g. torch.nan_to_num\(w, nan=0.0\) to prune them\)$"):
+        sk.nm_mask(torch.tensor([[math.nan, math.nan, math.nan, 1.0]]))
+
+
+def test_nm_masks_leaves_out_layers_that_cannot_be_nm_unless_strict():
+    torch.manual_seed(0)
+    cnn = sk.models.CNN1d((8, 8, 8))  # conv1 weight [8, 1, 5]: 8 outputs, input dim 5
+    masks = nm.nm_masks(cnn)
+    assert "conv1.weight" not in masks and "conv2.weight" in masks
+    scores = {k: v for k, v in sk.scores.magnitude(cnn).items() if k != "conv1.weight"}
+    assert nm.nm_masks(cnn, scores=scores).keys() == masks.keys()  # no score needed for conv1
+    with pytest.raises(ValueError, match=r"^conv1.weight: input dim 5 is not a multiple of m=4$"):
+        nm.nm_masks(cnn, strict=True)
+    with pytest.raises(ValueError, match=r"^conv1.weight: input dim 5 is not a multiple of m=4$"):
+        nm.apply_nm(cnn, strict=True)
+    assert sk.get_masks(cnn) == {}
+
+
+def test_nm_masks_uses_the_given_m():
+    torch.manual_seed(0)
+    mlp = sk.models.MLP(8, (16,), 8)
+    masks = nm.nm_masks(mlp, 2, 8)
+    assert all((mask.view(-1, 8).sum(-1) == 2).all() for mask in masks.values())
+    assert all(torch.equal(masks[k], sk.nm_mask(w.detach(), 2, 8)) for k, w in sk.prunable_weights(mlp).items())
+
+
+def test_nm_masks_error_messages():
+    mlp = sk.models.MLP(8, (8,), 4)
+    with pytest.raises(TypeError, match=r"^scores must be a mapping weight name -> Tensor or None, got list$"):
+        nm.nm_masks(mlp, scores=[])
+    with pytest.raises(ValueError, match=r"^scores must have one entry per prunable weight \(0.weight, 2.weight\); "
+                                         r"missing \['2.weight'\], unknown \[\]$"):
+        nm.nm_masks(mlp, scores={"0.weight": torch.ones(8, 8)})
+    with pytest.raises(TypeError, match=r"^scores\['2.weight'\] must be a Tensor, got list$"):
+        nm.nm_masks(mlp, scores={"0.weight": torch.ones(8, 8), "2.weight": [1.0]})
+    with pytest.raises(ValueError, match=r"^scores\['0.weight'\] has shape \(3,\), weight has \(8, 8\)$"):
+        nm.nm_masks(mlp, scores={"0.weight": torch.ones(3), "2.weight": torch.ones(4, 8)})
+    normed = sk.models.MLP(8, (8,), 4)
+    torch.nn.utils.parametrizations.weight_norm(normed[2])
+    with pytest.raises(TypeError, match=r"^2.weight is parametrized by _WeightNorm"):
+        nm.nm_masks(normed)  # the layer is named
+
+
+def test_compress_24_error_message_counts_bad_groups():
+    w = torch.tensor([[1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 0.0, 0.0]])  # 3 nonzeros, then 2
+    with pytest.raises(ValueError, match=r"^w is not 2:4 sparse: 1 group\(s\) of 4 have more than 2 nonzeros; "
+                                         r"prune first, e.g. w \* sk.nm_mask\(w\)$"):
+        sk.compress_24(w)
+
+
+def test_decompress_24_error_messages():
+    values, meta = sk.compress_24(_random_24((2, 8), 0))
+    with pytest.raises(TypeError, match=r"^values must be a Tensor, got list$"):
+        sk.decompress_24([1.0], meta)
+    with pytest.raises(TypeError, match=r"^meta must be a Tensor, got list$"):
+        sk.decompress_24(values, [1])
+    with pytest.raises(ValueError, match=r"^values and meta are on different devices: cpu vs meta$"):
+        sk.decompress_24(values, meta.to("meta"))
+
+
+def test_check_meta_24_checks_every_group_and_names_the_first_bad_one():
+    values, meta = sk.compress_24(torch.tensor([[1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0]]))
+    assert meta.tolist() == [[4 | (14 << 4)]]
+    nm.check_meta_24(meta, 8)
+    bad = meta.clone()
+    bad[0, 0] = 4 | (0b1010 << 4)  # the last group: i0 = i1 = 2
+    with pytest.raises(ValueError, match=r"^meta holds 1 nibble\(s\) with i0 >= i1 \(first at group index \[0, 1\], "
+                                         r"i0=2, i1=2\): not a valid 2:4 index pair$"):
+        nm.check_meta_24(bad, 8)
+    with pytest.raises(ValueError, match=r"group index \[0, 1\], i0=2, i1=2"):
+        sk.decompress_24(values, bad)
+    swapped = meta.clone()
+    swapped[0, 0] = (0 << 2 | 1) | (14 << 4)  # group 0: i0 = 1 > i1 = 0
+    with pytest.raises(ValueError, match=r"^meta holds 1 nibble\(s\) with i0 >= i1 \(first at group index \[0, 0\], "
+                                         r"i0=1, i1=0\)"):
+        nm.check_meta_24(swapped, 8)
+    odd_values, odd_meta = sk.compress_24(torch.tensor([[0.0, 0.0, 5.0, 6.0]]))
+    assert odd_meta.tolist() == [[2 | (3 << 2)]]  # the high (padding) nibble is 0 and is not checked
+    nm.check_meta_24(odd_meta, 4)

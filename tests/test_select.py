@@ -365,3 +365,130 @@ def test_random_mask_exact_count_and_seeded() -> None:
         select.random_mask((2, -1), 1, seed=0)
     with pytest.raises(TypeError, match="seed"):
         select.random_mask((2, 2), 1, seed=None)  # type: ignore[arg-type]
+
+
+# --- exact behaviour pinned by mutation testing (tests/MUTATION.md) -----------------------
+
+
+def _sampled_positions(n: int, sample: int) -> torch.Tensor:
+    """The positions ``lowest_k_parts`` samples from one part of ``n`` entries (seeded generator)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    return torch.randint(n, (max(1, sample * n // n),), generator=gen).unique()
+
+
+@pytest.mark.parametrize("k", [1, 500, 999])
+def test_large_input_path_with_an_unrepresentative_sample_is_still_exact(monkeypatch, k):
+    """Scores built so that the sample misses the k-th value: the fallback sort answers, exactly."""
+    monkeypatch.setattr(select, "_EXACT_SORT_LIMIT", 100)
+    monkeypatch.setattr(select, "_SAMPLE_SIZE", 64)
+    n = 1000
+    for big_at_sample in (True, False):
+        flat = (torch.arange(n) % 7).float()  # many ties outside the sample
+        flat[_sampled_positions(n, 64)] = 1e6 if big_at_sample else -1e6
+        got = select.lowest_k(flat, k)
+        assert torch.equal(got, _oracle_pruned(flat, k)), (k, big_at_sample)
+        parts = list(flat.split([300, 700]))
+        assert torch.equal(torch.cat(select.lowest_k_parts(parts, k)), _oracle_pruned(flat, k))
+
+
+def test_lowest_k_keeps_the_device_and_accepts_no_parts():
+    assert select.lowest_k_parts([], 0) == []
+    chosen = select.lowest_k(torch.arange(5.0, device="meta"), 2)
+    assert chosen.device.type == "meta" and chosen.dtype == torch.bool and chosen.shape == (5,)
+
+
+def test_current_for_a_later_tensor_only():
+    scores = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([5.0, 6.0, 7.0, 8.0])}
+    current = {"b": torch.tensor([True, True, True, False])}  # b's largest is already pruned
+    masks = sk.select_masks(scores, 0.25, current=current)
+    assert masks["a"].tolist() == [False, True, True, True] and masks["b"].tolist() == [True, True, True, False]
+
+
+def test_min_keep_protects_among_the_entries_current_left():
+    scores = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([10.0, 11.0, 12.0, 13.0])}
+    current = {"a": torch.tensor([True, True, True, False])}  # a's largest is already pruned
+    masks = sk.select_masks(scores, 0.5, current=current, min_keep=0.5)
+    # a keeps its two largest remaining (2, 3); a[0] and then b's two smallest are pruned
+    assert masks["a"].tolist() == [False, True, True, False]
+    assert masks["b"].tolist() == [False, False, True, True]
+
+
+def test_min_keep_of_one_keeps_everything():
+    scores = {"a": torch.rand(4), "b": torch.rand(4)}
+    assert all(m.all() for m in sk.select_masks(scores, 0.0, min_keep=1.0).values())
+    with pytest.raises(ValueError, match=r"^all scores: cannot prune 1 entries while min_keep protects the rest "
+                                         r"\(8 entries\)$"):
+        sk.select_masks(scores, 0.125, min_keep=1.0)
+    with pytest.raises(ValueError, match=r"^min_keep must be in \[0, 1\], got 1.5$"):
+        sk.select_masks(scores, 0.5, min_keep=1.5)
+
+
+def test_select_masks_constraint_messages_name_the_tensor():
+    scores = {"a": torch.rand(4), "b": torch.rand(4)}
+    current = {"a": torch.tensor([False, False, True, True])}
+    with pytest.raises(ValueError, match=r"^a: 2 entries are already pruned by `current`, more than the 1 that the "
+                                         r"requested sparsity allows; sparsity can only grow$"):
+        sk.select_masks(scores, 0.25, scope="layer", current=current)
+    with pytest.raises(ValueError, match=r"^all scores: 2 entries are already pruned by `current`, more than the 1 "
+                                         r"that the requested sparsity allows; sparsity can only grow$"):
+        sk.select_masks(scores, 0.125, current=current)
+
+
+def test_select_masks_input_messages():
+    with pytest.raises(ValueError, match=r"^scores must be a non-empty mapping name -> score tensor$"):
+        sk.select_masks({}, 0.5)
+    with pytest.raises(TypeError, match=r"^scores\['w'\] must be a Tensor, got list$"):
+        sk.select_masks({"w": [1.0]}, 0.5)
+    with pytest.raises(TypeError, match=r"^current must be a mapping name -> bool mask, got list$"):
+        sk.select_masks({"w": torch.rand(4)}, 0.5, current=[])
+    with pytest.raises(TypeError, match=r"^current\['w'\] must be a bool tensor of shape \(4,\), got list$"):
+        sk.select_masks({"w": torch.rand(4)}, 0.5, current={"w": [True] * 4})
+
+
+def test_random_mask_edges_and_messages():
+    assert select.random_mask((0, 3), 0, seed=0).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"^pruned must be an int in \[0, 4\], got -1$"):
+        select.random_mask((4,), -1, seed=0)
+    with pytest.raises(ValueError, match=r"^masks must be a non-empty mapping name -> bool tensor$"):
+        select.random_masks_like({}, seed=0)
+    with pytest.raises(TypeError, match=r"^masks\['a'\] must be a bool tensor, got torch.float32$"):
+        select.random_masks_like({"a": torch.ones(3)}, seed=0)
+    with pytest.raises(TypeError, match=r"^masks\['a'\] must be a bool tensor, got list$"):
+        select.random_masks_like({"a": [True]}, seed=0)
+
+
+def test_random_masks_like_seeds_tensor_i_with_seed_plus_i():
+    mask = torch.tensor([True, False] * 8)
+    out = select.random_masks_like({"a": mask, "b": mask, "c": mask}, seed=5)
+    for i, name in enumerate("abc"):
+        assert torch.equal(out[name], select.random_mask((16,), 8, seed=5 + i))
+
+
+def test_schedule_messages_name_the_argument():
+    with pytest.raises(ValueError, match=r"^final_sparsity must be in \[0, 1\), got 1.0$"):
+        select.geometric_schedule(1.0, 3)
+    with pytest.raises(ValueError, match=r"^initial_sparsity must be in \[0, 1\), got 1.5$"):
+        select.geometric_schedule(0.5, 3, initial_sparsity=1.5)
+    with pytest.raises(ValueError, match=r"^rounds must be a positive int, got 0$"):
+        select.geometric_schedule(0.5, 0)
+    with pytest.raises(ValueError, match=r"^rate must be in \[0, 1\), got 1.0$"):
+        sk.imp_sparsity(1.0, 2)
+    with pytest.raises(ValueError, match=r"^rounds must be a non-negative int, got -1$"):
+        sk.imp_sparsity(0.2, -1)
+    with pytest.raises(ValueError, match=r"^final_sparsity must be in \[0, 1\), got 1.0$"):
+        sk.cubic_sparsity(3, 1.0, begin_step=0, end_step=10)
+    with pytest.raises(ValueError, match=r"^initial_sparsity must be in \[0, 1\), got -0.5$"):
+        sk.cubic_sparsity(3, 0.5, begin_step=0, end_step=10, initial_sparsity=-0.5)
+    with pytest.raises(TypeError, match=r"^begin_step must be an int, got float 0.5$"):
+        sk.cubic_sparsity(3, 0.5, begin_step=0.5, end_step=10)
+    with pytest.raises(TypeError, match=r"^end_step must be an int, got float 10.0$"):
+        sk.cubic_sparsity(3, 0.5, begin_step=0, end_step=10.0)
+    with pytest.raises(ValueError, match=r"^need begin_step < end_step, got begin_step=3, end_step=3$"):
+        sk.cubic_sparsity(3, 0.5, begin_step=3, end_step=3)
+
+
+def test_cubic_schedule_is_exact_at_its_ends():
+    # at begin_step the formula would give 0.7 + (0.1 - 0.7) = 0.09999999999999998: the endpoint is returned
+    assert sk.cubic_sparsity(10, 0.7, begin_step=10, end_step=20, initial_sparsity=0.1) == 0.1
+    assert sk.cubic_sparsity(20, 0.7, begin_step=10, end_step=20, initial_sparsity=0.1) == 0.7
+    assert sk.cubic_sparsity(15, 0.5, begin_step=0, end_step=10, initial_sparsity=0.5) == 0.5  # initial == final
