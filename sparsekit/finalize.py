@@ -9,10 +9,10 @@ three ways, and this module is where each of them starts:
   scores, Sanh et al. 2020; N:M straight-through masks, Zhou et al. 2021). The model is
   then in the common pipeline state: ``sk.get_masks`` returns the final masks.
 * **bake** the zeros into plain parameters — :func:`sparsekit.remove_masks`.
-* **shrink** to a new, smaller dense model — :func:`sparsekit.structured.shrink_channels`,
-  :func:`sparsekit.structured.shrink_heads`.
+* **shrink** to a new, smaller dense model — :func:`sparsekit.structured.shrink.shrink_channels`,
+  :func:`sparsekit.structured.heads.shrink_heads`.
 * **compress** to a sparse format a kernel can use — :func:`sparsekit.execute.to_sparse`
-  (CSR / BSR) or :func:`sparsekit.compress_24` and :mod:`sparsekit.kernels` (2:4).
+  (CSR / BSR) or :func:`sparsekit.nm.compress_24` and :mod:`sparsekit.kernels` (2:4).
 """
 
 from __future__ import annotations

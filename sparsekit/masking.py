@@ -165,7 +165,7 @@ def stored_weight(module: nn.Module, name: str = "weight") -> nn.Parameter:
 def copy_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` for functions that return a new model (``shrink_*``, ``to_sparse``).
 
-    Refuses first, with the ``TypeError`` of :func:`prunable_weights`, a model whose weights
+    Refuses first, with the ``TypeError`` of :func:`sparsekit.prunable_weights`, a model whose weights
     are computed by hooks (``torch.nn.utils.prune``, the deprecated ``weight_norm``): such
     models cannot even be deep-copied (torch raises about non-leaf tensors).
     """

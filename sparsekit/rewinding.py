@@ -5,8 +5,8 @@ resets a masked network to values it had earlier while the masks stay: iterative
 magnitude pruning rewinds the surviving weights to their initial values (Frankle &
 Carbin 2019, step 4) or to their values after ``k`` training iterations (Frankle et al.
 2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis", rewinding to
-iteration ``k``). :func:`snapshot` records a model by *plain* names, so the same snapshot
-loads into the model masked or unmasked; :func:`rewind` writes it back.
+iteration ``k``). :func:`~sparsekit.snapshot` records a model by *plain* names, so the same snapshot
+loads into the model masked or unmasked; :func:`~sparsekit.rewind` writes it back.
 
 The module is named ``rewinding`` (not ``rewind``) so that the module does not shadow the
 function ``sk.rewind`` on the package.
@@ -40,14 +40,14 @@ def snapshot(model: nn.Module) -> dict[str, Tensor]:
     which is zero where pruned); the parametrizations' own state (masks, N:M STE counters,
     movement scores, whatever their position) is left out
     (:func:`sparsekit.masking.plain_state_keys`). The result can be loaded into the same
-    architecture masked or unmasked with :func:`rewind`.
+    architecture masked or unmasked with :func:`~sparsekit.rewind`.
     """
     return {name: value.detach().clone() for name, value in _plain_state(model, keep_vars=False).items()}
 
 
 @torch.no_grad()
 def rewind(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Reset every parameter and buffer to ``state`` (from :func:`snapshot`), keeping the masks.
+    """Reset every parameter and buffer to ``state`` (from :func:`~sparsekit.snapshot`), keeping the masks.
 
     The rewinding step of IMP (Frankle & Carbin 2019, step 4; to iteration ``k``: Frankle
     et al. 2020): surviving weights get exactly their saved values, pruned weights stay

@@ -7,20 +7,21 @@ existed to compute or consume it, so what is left is a **smaller dense model** t
 runs faster on any hardware. The pipeline steps, one module each:
 
 * *score* (:mod:`~sparsekit.structured.importance`; one score per output channel,
-  larger = keep): :func:`l1_importance` (Li et al. 2017), :func:`bn_importance`
-  (network slimming, Liu et al. 2017, trained with :func:`slimming_loss` or
-  :func:`slimming_hook`), :func:`taylor_importance` (Molchanov et al. 2019),
-  :func:`random_importance`;
+  larger = keep): ``l1_importance`` (Li et al. 2017), ``bn_importance`` (network
+  slimming, Liu et al. 2017, trained with ``slimming_loss`` or ``slimming_hook``),
+  ``taylor_importance`` (Molchanov et al. 2019), ``random_importance``;
 * *select* and *finalize = shrink* (:mod:`~sparsekit.structured.shrink`):
-  :func:`shrink_channels` plans which channels go and returns a new, physically smaller
+  ``shrink_channels`` plans which channels go and returns a new, physically smaller
   model, leaving the original untouched. The channel dependencies (BatchNorm, the next
   layer's input, residual groups) come from the model's ``torch.fx`` graph
-  (:func:`channel_groups`, :mod:`sparsekit.graph`, after DepGraph, Fang et al. 2023);
-* attention heads (:mod:`~sparsekit.structured.heads`): score with
-  :func:`head_importance` (Michel et al. 2019) or :func:`head_magnitude`, select with
-  :func:`select_heads`, finalize with :func:`shrink_heads` (a new, smaller model);
-* what it saves: :func:`cost` counts parameters and FLOPs (``FlopCounterMode``, the same
-  count as :func:`sparsekit.report.cost_report`).
+  (``channel_groups``, :mod:`sparsekit.graph`, after DepGraph, Fang et al. 2023);
+* attention heads (:mod:`~sparsekit.structured.heads`): score with ``head_importance``
+  (Michel et al. 2019) or ``head_magnitude``, select with ``select_heads``, finalize
+  with ``shrink_heads`` (a new, smaller model);
+* what it saves: :func:`~sparsekit.report.cost` counts parameters and FLOPs
+  (``FlopCounterMode``, the same count as :func:`sparsekit.report.cost_report`).
+
+Every name is importable from here (``sk.structured.shrink_channels``).
 """
 
 from __future__ import annotations

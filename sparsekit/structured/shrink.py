@@ -192,7 +192,7 @@ def shrink_channels(model: nn.Module, sparsity: float | Mapping[str, float], exa
             A forward that branches on tensor values is refused (``ValueError``): the
             graph would hold the example's branch only.
         score: ``"l1"`` (filter norm), ``"bn"`` (``|gamma|`` of the following BatchNorm), or a
-            mapping ``{layer: Tensor[channels]}`` such as :func:`taylor_importance`.
+            mapping ``{layer: Tensor[channels]}`` such as :func:`~sparsekit.structured.importance.taylor_importance`.
         layers: module names whose output channels are pruned; default every Conv/Linear
             whose output does not reach the model output. Layers tied by a residual
             addition form one group, pruned together and ranked by the summed importance.
