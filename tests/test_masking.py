@@ -655,3 +655,11 @@ def test_weights_sparsekit_cannot_mask_have_exact_messages():
     with pytest.raises(TypeError, match=r"^weight of Linear is not a stored parameter but computed \(parameters: "
                                         r"none;"):
         stored_weight(plain)
+
+
+def test_several_parametrizations_are_all_named():
+    from torch.nn.utils import parametrize
+    model = _weight_normed("parametrization")
+    parametrize.register_parametrization(model[2], "weight", nn.Identity())
+    with pytest.raises(TypeError, match=r"^2.weight is parametrized by _WeightNorm, Identity, which stores it as "):
+        sk.prunable_weights(model)
