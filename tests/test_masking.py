@@ -655,3 +655,43 @@ def test_weights_sparsekit_cannot_mask_have_exact_messages():
     with pytest.raises(TypeError, match=r"^weight of Linear is not a stored parameter but computed \(parameters: "
                                         r"none;"):
         stored_weight(plain)
+
+
+def test_several_parametrizations_are_all_named():
+    from torch.nn.utils import parametrize
+    model = _weight_normed("parametrization")
+    parametrize.register_parametrization(model[2], "weight", nn.Identity())
+    with pytest.raises(TypeError, match=r"^2.weight is parametrized by _WeightNorm, Identity, which stores it as "):
+        sk.prunable_weights(model)
+
+
+def test_remove_weight_parametrizations_can_restore_the_stored_original():
+    from sparsekit.masking import remove_weight_parametrizations
+    layer = nn.Linear(4, 2)
+    sk.apply_masks(layer, {"weight": torch.tensor([[True, False, True, False]] * 2)})
+    with torch.no_grad():
+        layer.parametrizations.weight.original.fill_(5.0)
+    remove_weight_parametrizations(layer, leave_parametrized=False)
+    assert type(layer) is nn.Linear and torch.equal(layer.weight.detach(), torch.full((2, 4), 5.0))
+
+
+def test_copy_model_is_an_independent_deep_copy():
+    model = MLP(8, (8,), 4)
+    sk.apply_masks(model, _half_masks(model))
+    twin = sk.masking.copy_model(model)
+    assert isinstance(twin, type(model)) and twin is not model
+    assert twin[0].parametrizations.weight.original is not model[0].parametrizations.weight.original
+    sk.remove_masks(twin)
+    assert set(sk.get_masks(model)) == {"0.weight", "2.weight"} and model(torch.randn(2, 8)).shape == (2, 4)
+
+
+def test_torch_prune_refusal_message_is_exact():
+    import torch.nn.utils.prune as torch_prune
+    model = MLP(8, (8,), 4)
+    torch_prune.l1_unstructured(model[0], "weight", 0.5)
+    with pytest.raises(TypeError, match=r"^0.weight of Linear was pruned with torch.nn.utils.prune \(a forward "
+                                        r"pre-hook computes weight = weight_orig \* weight_mask\); sparsekit can only "
+                                        r"mask a stored weight: make that pruning permanent first "
+                                        r"\(torch.nn.utils.prune.remove\(module, 'weight'\)\), or start from the "
+                                        r"unpruned model and hold the mask with sk.apply_masks$"):
+        sk.prunable_weights(model)

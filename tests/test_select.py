@@ -386,7 +386,7 @@ def test_large_input_path_with_an_unrepresentative_sample_is_still_exact(monkeyp
         flat = (torch.arange(n) % 7).float()  # many ties outside the sample
         flat[_sampled_positions(n, 64)] = 1e6 if big_at_sample else -1e6
         got = select.lowest_k(flat, k)
-        assert torch.equal(got, _oracle_pruned(flat, k)), (k, big_at_sample)
+        assert got.dtype == torch.bool and torch.equal(got, _oracle_pruned(flat, k)), (k, big_at_sample)
         parts = list(flat.split([300, 700]))
         assert torch.equal(torch.cat(select.lowest_k_parts(parts, k)), _oracle_pruned(flat, k))
 
@@ -435,6 +435,8 @@ def test_select_masks_constraint_messages_name_the_tensor():
 
 
 def test_select_masks_input_messages():
+    with pytest.raises(ValueError, match=r"^sparsity must be in \[0, 1\), got 1.0$"):
+        sk.select_masks({"w": torch.rand(4)}, 1.0)
     with pytest.raises(ValueError, match=r"^scores must be a non-empty mapping name -> score tensor$"):
         sk.select_masks({}, 0.5)
     with pytest.raises(TypeError, match=r"^scores\['w'\] must be a Tensor, got list$"):
