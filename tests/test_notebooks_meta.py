@@ -130,8 +130,11 @@ TAINT_SOURCES = {
     "time_fn", "interleaved_times", "compare", "perf_counter", "monotonic", "process_time",
 }
 # sparsekit functions that change their first argument in place
-IN_PLACE = {"apply_masks", "remove_masks", "apply_magnitude_pruning", "apply_nm", "apply_ste", "rewind",
-            "load_masked_state_dict", "attach_scores", "freeze_masks", "fine_tune", "train", "apply_iterative_pruning"}
+IN_PLACE = {
+    "apply_masks", "remove_masks", "apply_magnitude_pruning", "apply_nm", "apply_ste", "rewind",
+    "load_masked_state_dict", "attach_scores", "freeze_masks", "permute_for_nm", "permute_channels", "fine_tune",
+    "train", "apply_iterative_pruning",
+}
 MUTATING_METHODS = {"append", "extend", "update", "add", "insert", "setdefault", "copy_", "load_state_dict",
                     "__setitem__"}
 STRICT_MARK = "# nbval: strict"
