@@ -248,12 +248,18 @@ def test_keys_shapes_dtypes_and_no_side_effects(name: str, method: str) -> None:
     _assert_unchanged(model, snap)
 
 
-def test_masked_model_scores_effective_weights_and_stays_unchanged() -> None:
+def _plain_masks_and_masked_copy() -> tuple[torch.nn.Module, dict[str, torch.Tensor], torch.nn.Module]:
+    """A CNN, random 70 % masks for it, and a deep copy with those masks applied."""
     torch.manual_seed(0)
     plain = sk.models.CNN1d()
     masks = sk.select_masks(sk.scores.random(plain, 0), 0.7)
     masked = copy.deepcopy(plain)
     sk.apply_masks(masked, masks)
+    return plain, masks, masked
+
+
+def test_masked_model_scores_effective_weights_and_stays_unchanged() -> None:
+    plain, masks, masked = _plain_masks_and_masked_copy()
     snap = _snapshot(masked)
     x, y = _batch(32)
     for method in ["snip", "grasp", "synflow"]:
@@ -365,11 +371,7 @@ def test_masks_is_the_same_keyword_only_argument_everywhere(method: str) -> None
 def test_masks_argument_scores_as_if_applied(method: str) -> None:
     """``fn(plain, masks=m)`` equals ``fn(model with m applied)``; pruned entries score exactly 0;
     the model is unchanged. (``magnitude`` and ``random`` had no ``masks`` before.)"""
-    torch.manual_seed(0)
-    plain = sk.models.CNN1d()
-    masks = sk.select_masks(sk.scores.random(plain, 0), 0.7)
-    masked = copy.deepcopy(plain)
-    sk.apply_masks(masked, masks)
+    plain, masks, masked = _plain_masks_and_masked_copy()
     snap = _snapshot(plain)
     via_argument = _call(method, plain, masks=masks)
     _assert_unchanged(plain, snap)
