@@ -695,3 +695,16 @@ def test_torch_prune_refusal_message_is_exact():
                                         r"\(torch.nn.utils.prune.remove\(module, 'weight'\)\), or start from the "
                                         r"unpruned model and hold the mask with sk.apply_masks$"):
         sk.prunable_weights(model)
+
+
+def test_only_a_real_torch_prune_hook_gets_the_torch_prune_message():
+    from sparsekit.masking import stored_weight
+
+    layer = nn.Linear(2, 2)
+    weight = layer.weight
+    del layer.weight
+    layer.register_parameter("weight_orig", weight)  # like prune, but no weight_mask buffer
+    layer.weight = weight.detach() * 2
+    with pytest.raises(TypeError, match=r"^weight of Linear is not a stored parameter but computed "
+                                        r"\(parameters: weight_orig; e\.g\. by the deprecated"):
+        stored_weight(layer)
