@@ -324,11 +324,21 @@ def test_prune_masks_every_linear_with_exact_counts(method):
     assert sk.get_masks(model).keys() == masks.keys()
 
 
-def test_prune_sequential_calibrates_on_the_pruned_predecessors():
+@pytest.mark.parametrize("same_shapes", [True, False], ids=["one-pass", "per-layer"])
+def test_prune_sequential_calibrates_on_the_pruned_predecessors(same_shapes):
     torch.manual_seed(1)
-    model, batches = TwoLayer(), batches_for(6)
+    model = TwoLayer()
+    g = torch.Generator().manual_seed(3)
+    lengths = (5, 5, 5) if same_shapes else (5, 3, 7)  # tokens per sequence: different shapes -> per layer
+    batches = [torch.randn(2, t, 6, generator=g) for t in lengths]
     manual, dense = copy.deepcopy(model), copy.deepcopy(model)
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
     masks = posttrain.prune(model, batches, method="sparsegpt", sparsity=0.5, sequential=True)
+    handle.remove()
+    # one pass to find the execution order, then one pass over all batches stacked together,
+    # or (shapes differ) one pass over the 3 batches per layer
+    assert len(calls) == (1 + 1 if same_shapes else 1 + 2 * 3)
     # the same by hand: fc1 on the dense model, then fc2 on the model with fc1 pruned
     h1 = posttrain.calibrate(manual, batches, layers=["fc1"])["fc1"].gram
     w1, m1 = sparsegpt(manual.fc1.weight, h1, 0.5)
@@ -336,11 +346,26 @@ def test_prune_sequential_calibrates_on_the_pruned_predecessors():
         manual.fc1.weight.copy_(w1)
     h2 = posttrain.calibrate(manual, batches, layers=["fc2"])["fc2"].gram
     w2, m2 = sparsegpt(manual.fc2.weight, h2, 0.5)
+    assert list(masks) == ["fc1.weight", "fc2.weight"]
     assert torch.equal(masks["fc1.weight"], m1) and torch.equal(masks["fc2.weight"], m2)
     torch.testing.assert_close(model.fc2.weight, w2)
-    # independent calibration sees the dense fc1 instead: a different H for fc2
+    # independent calibration would have seen the dense fc1 instead: another H for fc2
     independent = posttrain.calibrate(dense, batches, layers=["fc2"])["fc2"].gram
     assert not torch.allclose(independent, h2, rtol=1e-3)
+
+
+def test_prune_refuses_layers_the_batches_never_reach_before_touching_the_model():
+    class Skips(TwoLayer):
+        def forward(self, x):
+            return self.fc1(x)
+
+    model = Skips()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"never reach layers \['fc2'\]"):
+        posttrain.prune(model, batches_for(6), method="wanda")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    masks = posttrain.prune(model, batches_for(6), method="wanda", layers=["fc1"])
+    assert list(masks) == ["fc1.weight"]
 
 
 def test_prune_independent_equals_per_layer_sparsegpt_on_the_dense_model():

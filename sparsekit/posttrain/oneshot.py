@@ -26,8 +26,7 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 
 @torch.no_grad()
 def execution_order(model: nn.Module, batch: object, names: Sequence[str]) -> list[str]:
-    """``names`` in the order the model first calls them on ``batch`` (never-called ones last,
-    in module order)."""
+    """Those of ``names`` that the model calls on ``batch``, in the order it first calls them."""
     order: list[str] = []
     modules = dict(model.named_modules())
     handles = [modules[n].register_forward_hook(lambda *_args, n=n: order.append(n) if n not in order else None)
@@ -38,7 +37,15 @@ def execution_order(model: nn.Module, batch: object, names: Sequence[str]) -> li
     finally:
         for h in handles:
             h.remove()
-    return order + [n for n in names if n not in order]
+    return order
+
+
+def _stacked_inputs(batches: list[object]) -> Tensor | None:
+    """All calibration inputs as one batch, or ``None`` when their shapes differ beyond dim 0."""
+    inputs = [batch_input(b) for b in batches]
+    if any(x.dim() == 0 or x.shape[1:] != inputs[0].shape[1:] for x in inputs):
+        return None
+    return torch.cat(inputs)
 
 
 def _prune_layer(module: nn.Linear, stats: CalibrationStats | None, method: str, sparsity: float,
@@ -67,7 +74,9 @@ def prune(model: nn.Module, batches: Iterable[object], method: str = "sparsegpt"
     earlier layers (in execution order) are already pruned, as both papers do;
     ``False`` calibrates every layer once on the dense model. Masks are applied with
     ``sk.apply_masks`` (SparseGPT's updated weights are written first); returns them, keyed
-    as ``sk.prunable_weights`` (``"blocks.0.fc1.weight"``).
+    as ``sk.prunable_weights`` (``"blocks.0.fc1.weight"``). When the batches have one shape,
+    sequential calibration takes a single forward pass over all of them at once (memory: the
+    activations of every calibration token together); otherwise one pass per layer.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -85,26 +94,75 @@ def prune(model: nn.Module, batches: Iterable[object], method: str = "sparsegpt"
     if not batches:
         raise ValueError("batches is empty: one-shot pruning needs at least one calibration batch")
     names = list(targets)
-    calibrated: dict[str, CalibrationStats] = {}
-    if method != "magnitude":
-        if sequential:
-            names = execution_order(model, batches[0], names)
-        else:
-            calibrated = calibrate(model, batches, layers=names)
-
-    masks: dict[str, Tensor] = {}
-    for name in tqdm(names, desc=f"{method} one-shot", disable=not progress, leave=False):
-        stats = calibrated.get(name)
-        if method != "magnitude" and sequential:
+    if method == "magnitude":
+        masks = {}
+        for name in names:
+            masks[weight_name(name)] = _apply(model, name, targets[name], None, method, sparsity, nm)
+        return masks
+    reached = execution_order(model, batches[0], names)
+    missing = [n for n in names if n not in reached]
+    if missing:
+        raise ValueError(f"the calibration batches never reach layers {missing}: they cannot be scored "
+                         "(pass layers= to prune only the layers the model uses)")
+    bar = tqdm(total=len(names), desc=f"{method} one-shot", disable=not progress, leave=False)
+    try:
+        if not sequential:
+            stats = calibrate(model, batches, layers=names)
+            return {weight_name(n): _apply(model, n, targets[n], stats[n], method, sparsity, nm, bar) for n in names}
+        stacked = _stacked_inputs(batches)
+        if stacked is not None:
+            return _sequential_in_one_pass(model, stacked, reached, targets, method, sparsity, nm, bar)
+        masks = {}
+        for name in reached:  # inputs of different shapes: one calibration pass per layer
             stats = calibrate(model, batches, layers=[name])[name]
-        try:
-            mask, new_weight = _prune_layer(targets[name], stats, method, sparsity, nm)
-        except ValueError as e:
-            raise ValueError(f"layer {name!r}: {e}") from None
+            masks[weight_name(name)] = _apply(model, name, targets[name], stats, method, sparsity, nm, bar)
+        return {weight_name(n): masks[weight_name(n)] for n in names}
+    finally:
+        bar.close()
+
+
+def _apply(model: nn.Module, name: str, module: nn.Linear, stats: CalibrationStats | None, method: str,
+           sparsity: float, nm: tuple[int, int] | None, bar: tqdm | None = None) -> Tensor:
+    """Prune one layer in place (SparseGPT's weights written, then ``sk.apply_masks``); its mask."""
+    try:
+        mask, new_weight = _prune_layer(module, stats, method, sparsity, nm)
+    except ValueError as e:
+        raise ValueError(f"layer {name!r}: {e}") from None
+    with torch.no_grad():
         if new_weight is not None:
-            with torch.no_grad():
-                stored_weight(targets[name]).copy_(new_weight)
-        key = weight_name(name)
-        apply_masks(model, {key: mask})
-        masks[key] = mask
-    return masks
+            stored_weight(module).copy_(new_weight)
+        apply_masks(model, {weight_name(name): mask})
+    if bar is not None:
+        bar.update(1)
+    return mask
+
+
+@torch.no_grad()
+def _sequential_in_one_pass(model: nn.Module, stacked: Tensor, order: list[str], targets: dict[str, nn.Linear],
+                            method: str, sparsity: float, nm: tuple[int, int] | None, bar: tqdm) -> dict[str, Tensor]:
+    """Sequential calibration in ONE forward pass over all calibration inputs together.
+
+    A forward pre-hook on each layer takes the inputs it receives — computed by the layers
+    before it, which are already pruned — builds ``H`` from them, prunes the layer, and lets
+    it run with its pruned weight, so the layers after it see pruned activations in turn.
+    A layer called twice in one forward pass is pruned on its first call.
+    """
+    masks: dict[str, Tensor] = {}
+
+    def pre_hook(name: str):
+        def prune_before_running(module: nn.Linear, inputs: tuple[Tensor, ...]) -> None:
+            if weight_name(name) in masks:
+                return
+            x = inputs[0].detach().reshape(-1, module.in_features).to(torch.float64)
+            stats = CalibrationStats(x.T @ x, x.shape[0])
+            masks[weight_name(name)] = _apply(model, name, module, stats, method, sparsity, nm, bar)
+        return prune_before_running
+
+    handles = [targets[n].register_forward_pre_hook(pre_hook(n)) for n in order]
+    try:
+        with eval_mode(model):
+            model(stacked)
+    finally:
+        for h in handles:
+            h.remove()
+    return {weight_name(n): masks[weight_name(n)] for n in targets if weight_name(n) in masks}
