@@ -85,8 +85,8 @@ def lowest_k(flat: Tensor, k: int) -> Tensor:
     return lowest_k_parts([flat], k)[0]
 
 
-def _flatten_scores(scores: Mapping[str, Tensor]) -> tuple[list[str], list[Tensor]]:
-    if not isinstance(scores, Mapping) or not scores:
+def _flatten_scores(scores: Mapping[str, Tensor], *, allow_empty: bool = False) -> tuple[list[str], list[Tensor]]:
+    if not isinstance(scores, Mapping) or not (scores or allow_empty):
         raise ValueError("scores must be a non-empty mapping name -> score tensor")
     names, tensors = [], []
     for name, s in scores.items():
@@ -154,12 +154,19 @@ def _protect_top(score: Tensor, forced: Tensor | None, keep: int) -> Tensor | No
     return protected.view(score.shape)
 
 
-def _count(masks: list[Tensor | None]) -> int:
-    return sum(int(m.sum()) for m in masks if m is not None)
+def _count(masks: list[Tensor | None], group: object = None) -> int:
+    """Number of True entries over ``masks`` (over every rank's masks when ``group`` is given)."""
+    local = sum(int(m.sum()) for m in masks if m is not None)
+    if group is None:
+        return local
+    from .distributed import all_sum
+
+    return all_sum([local], group)[0]
 
 
 def _prune_lowest(
-    tensors: list[Tensor], forced: list[Tensor | None], protected: list[Tensor | None], k: int
+    tensors: list[Tensor], forced: list[Tensor | None], protected: list[Tensor | None], k: int,
+    group: object = None,
 ) -> list[Tensor]:
     """Pruned-entry masks: every ``forced`` entry, then the lowest scores among the rest
     (never a ``protected`` one) until ``k`` are pruned over all tensors together.
@@ -174,7 +181,12 @@ def _prune_lowest(
         else:
             free.append(~f if p is None else ~p if f is None else ~(f | p))
     parts = [s.reshape(-1) if fr is None else s[fr] for s, fr in zip(tensors, free)]
-    chosen = lowest_k_parts(parts, k - _count(forced))
+    if group is None:
+        chosen = lowest_k_parts(parts, k - _count(forced))
+    else:
+        from . import distributed
+
+        chosen = distributed.lowest_k_parts(parts, k - _count(forced, group), group)
     out = []
     for s, f, fr, c in zip(tensors, forced, free, chosen):
         if fr is None:
@@ -193,6 +205,7 @@ def select_masks(
     current: Mapping[str, Tensor] | None = None,
     *,
     min_keep: float = 0.0,
+    group: object = None,
 ) -> dict[str, Tensor]:
     """Masks that keep the largest scores: exactly ``round(sparsity * n)`` entries are False.
 
@@ -211,10 +224,28 @@ def select_masks(
             (layer collapse). ``0.0`` disables the guard. With ``scope="layer"`` every
             tensor keeps exactly ``1 - sparsity`` of its entries, so a nonzero
             ``min_keep`` there is an error rather than silently ignored.
+        group: a ``torch.distributed`` process group. ``scores`` (and ``current``) then hold
+            this rank's tensors (possibly none) and a global selection runs over the union
+            of every rank's tensors: the same masks one process computes on rank 0's tensors,
+            then rank 1's, ... (ties broken in that order), with only counts, samples and a
+            bounded set of candidates sent (:mod:`sparsekit.distributed`). Every rank must
+            call it with the same ``sparsity``, ``scope`` and ``min_keep``. ``scope="layer"``
+            needs no communication beyond that check.
 
     Returns:
         ``{name: bool mask}``, same keys and shapes as ``scores``.
     """
+    if group is not None:
+        return _select_across_ranks(scores, sparsity, scope, current, min_keep, group)
+    sparsity, min_keep = _check_arguments(sparsity, scope, min_keep)
+    names, tensors = _flatten_scores(scores)
+    forced = _forced(names, tensors, current)
+    if scope == "layer":
+        return _layer_masks(names, tensors, forced, sparsity)
+    return _global_masks(names, tensors, forced, sparsity, min_keep)
+
+
+def _check_arguments(sparsity: float, scope: str, min_keep: float) -> tuple[float, float]:
     sparsity = _check_sparsity(sparsity)
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
@@ -224,36 +255,70 @@ def select_masks(
             f"min_keep applies to scope='global' only (with scope='layer' each tensor keeps exactly "
             f"1 - sparsity of its entries); got min_keep={min_keep!r} with scope='layer'"
         )
-    names, tensors = _flatten_scores(scores)
-    forced = _forced(names, tensors, current)
+    return sparsity, min_keep
 
-    if scope == "layer":
-        masks = {}
-        for name, s, f in zip(names, tensors, forced):
-            k = round(sparsity * s.numel())
-            _check_constraints(name, [s], [f], [None], k)
-            masks[name] = ~_prune_lowest([s], [f], [None], k)[0]
-        return masks
 
+def _layer_masks(names: list[str], tensors: list[Tensor], forced: list[Tensor | None],
+                 sparsity: float) -> dict[str, Tensor]:
+    masks = {}
+    for name, s, f in zip(names, tensors, forced):
+        k = round(sparsity * s.numel())
+        _check_constraints(name, [s], [f], [None], k)
+        masks[name] = ~_prune_lowest([s], [f], [None], k)[0]
+    return masks
+
+
+def _global_masks(names: list[str], tensors: list[Tensor], forced: list[Tensor | None], sparsity: float,
+                  min_keep: float, group: object = None) -> dict[str, Tensor]:
     protected = [_protect_top(s, f, math.ceil(min_keep * s.numel())) for s, f in zip(tensors, forced)]
     total = sum(s.numel() for s in tensors)
+    if group is not None:
+        from .distributed import all_sum
+
+        (total,) = all_sum([total], group)
+        if total == 0:
+            raise ValueError("scores must hold at least one tensor on some rank; every rank passed none")
     k = round(sparsity * total)
-    _check_constraints("all scores", tensors, forced, protected, k)
-    pruned = _prune_lowest(tensors, forced, protected, k)
+    _check_constraints("all scores", tensors, forced, protected, k, group)
+    pruned = _prune_lowest(tensors, forced, protected, k, group)
     return {name: ~p for name, p in zip(names, pruned)}
 
 
+def _select_across_ranks(scores: Mapping[str, Tensor], sparsity: float, scope: str,
+                         current: Mapping[str, Tensor] | None, min_keep: float, group: object) -> dict[str, Tensor]:
+    """``select_masks`` with a process group: arguments checked on every rank before any collective."""
+    from .distributed import agree
+
+    error, settings = None, (repr(sparsity), repr(scope), repr(min_keep))
+    try:
+        sparsity, min_keep = _check_arguments(sparsity, scope, min_keep)
+        names, tensors = _flatten_scores(scores, allow_empty=True)
+        forced = _forced(names, tensors, current)
+    except (TypeError, ValueError) as e:
+        error = f"{type(e).__name__}: {e}"
+    agree(group, settings, error)
+    if scope == "layer":
+        return _layer_masks(names, tensors, forced, sparsity)
+    return _global_masks(names, tensors, forced, sparsity, min_keep, group)
+
+
 def _check_constraints(name: str, parts: list[Tensor], forced: list[Tensor | None],
-                       protected: list[Tensor | None], k: int) -> None:
-    """``k`` pruned entries must include every ``forced`` one and no ``protected`` one."""
-    already = _count(forced)
+                       protected: list[Tensor | None], k: int, group: object = None) -> None:
+    """``k`` pruned entries must include every ``forced`` one and no ``protected`` one (over
+    every rank's tensors when ``group`` is given)."""
+    already = _count(forced, group)
     if already > k:
         raise ValueError(
             f"{name}: {already} entries are already pruned by `current`, more than the "
             f"{k} that the requested sparsity allows; sparsity can only grow"
         )
-    kept = _count(protected)
-    if k > sum(p.numel() for p in parts) - kept:
+    kept = _count(protected, group)
+    size = sum(p.numel() for p in parts)
+    if group is not None:
+        from .distributed import all_sum
+
+        (size,) = all_sum([size], group)
+    if k > size - kept:
         raise ValueError(f"{name}: cannot prune {k} entries while min_keep protects the rest ({kept} entries)")
 
 
