@@ -22,12 +22,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from machine import cpu_name  # benchmarks/machine.py
 from torch import nn
 
 import sparsekit as sk
 from sparsekit import execute as ex
 from sparsekit import synthetic
+from sparsekit.bench import cpu_name
 
 N, BATCH = 4096, 256
 # (label, mask kind, sparsity, minimum speedup of "auto" over dense)

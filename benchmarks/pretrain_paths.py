@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from machine import cpu_name  # benchmarks/machine.py
 
 import sparsekit.pretrained as pt
+from sparsekit.bench import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pretrained_cpu.md"

@@ -231,3 +231,18 @@ def speedup(baseline: Timing, candidate: Timing) -> float:
         if not isinstance(t, Timing):
             raise TypeError(f"{name} must be a sparsekit.bench.Timing, got {type(t).__name__}")
     return baseline.median / candidate.median
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows: which machine a
+    recorded result came from."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -38,11 +38,14 @@ CANDIDATE_LIMIT = 1 << 16
 
 @dataclass
 class CommLog:
-    """Bytes this rank put into collectives (``sent``) and got out of them (``received``), and how many calls."""
+    """Bytes this rank put into collectives (``sent``) and got out of them (``received``), how many
+    calls, and each selection's bracketing ``rounds`` as ``(lo, hi, entries inside over all ranks)``
+    (the first is ``(-inf, inf, all entries)``)."""
 
     sent: int = 0
     received: int = 0
     calls: int = 0
+    rounds: list[tuple[float, float, int]] = field(default_factory=list)
 
 
 _LOGS: list[CommLog] = []
@@ -66,6 +69,11 @@ def _note(sent: int, received: int) -> None:
         log.calls += 1
 
 
+def _note_round(lo: Tensor, hi: Tensor, inside: int) -> None:
+    for log in _LOGS:
+        log.rounds.append((float(lo), float(hi), inside))
+
+
 def world(group: object) -> tuple[int, int]:
     """``(rank, size)`` of this process in ``group`` (``ValueError`` if torch.distributed is not initialized)."""
     if not dist.is_available() or not dist.is_initialized():
@@ -85,6 +93,14 @@ def all_sum(values: list[int], group: object) -> list[int]:
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     _note(t.numel() * 8, t.numel() * 8)
     return [int(v) for v in t.tolist()]
+
+
+def all_reduce_sum_(t: Tensor, group: object) -> Tensor:
+    """Sum ``t`` over the ranks, in place (every rank gets the sum)."""
+    world(group)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    _note(t.numel() * t.element_size(), t.numel() * t.element_size())
+    return t
 
 
 def all_gather_counts(value: int, group: object) -> list[int]:
@@ -134,18 +150,19 @@ def _comm_dtype(parts: list[Tensor], group: object) -> torch.dtype:
     return torch.float64 if all_sum([wide], group)[0] else torch.float32
 
 
-def _sample(flats: list[Tensor], inside: list[Tensor] | None, share: int, gen: torch.Generator) -> Tensor:
-    """About ``share`` entries drawn uniformly from this rank's entries inside the bracket."""
-    counts = [f.numel() if m is None else int(m.sum()) for f, m in zip(flats, inside or [None] * len(flats))]
-    local = sum(counts)
-    picks = []
-    for f, m, c in zip(flats, inside or [None] * len(flats), counts):
-        if c == 0 or share == 0:
-            continue
-        draw = max(1, math.ceil(share * c / local))
-        pool = f if m is None else f[m]
-        picks.append(pool[torch.randint(c, (draw,), generator=gen).to(pool.device)])
-    return torch.cat(picks) if picks else flats[0].new_empty(0) if flats else torch.empty(0)
+def _sample(pool: list[Tensor], share: int, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """About ``share`` entries drawn uniformly (with replacement) from this rank's ``pool``."""
+    local = sum(p.numel() for p in pool)
+    picks = [p[torch.randint(p.numel(), (max(1, math.ceil(share * p.numel() / local)),), generator=gen).to(p.device)]
+             for p in pool if p.numel() and share]
+    return torch.cat(picks) if picks else torch.empty(0, dtype=dtype)
+
+
+def _count_in(pool: list[Tensor], lo: Tensor, hi: Tensor) -> tuple[int, int]:
+    """(entries of ``pool`` below ``lo``, entries in ``[lo, hi]``) on this rank."""
+    below = sum(int((p < lo.to(p.device)).sum()) for p in pool)
+    inside = sum(int(((p >= lo.to(p.device)) & (p <= hi.to(p.device))).sum()) for p in pool)
+    return below, inside
 
 
 def lowest_k_parts(parts: list[Tensor], k: int, group: object) -> list[Tensor]:
@@ -167,34 +184,35 @@ def lowest_k_parts(parts: list[Tensor], k: int, group: object) -> list[Tensor]:
 
     gen = torch.Generator().manual_seed(rank)
     lo, hi = torch.tensor(-math.inf, dtype=dtype), torch.tensor(math.inf, dtype=dtype)
-    below, inside_count, bracketed = 0, n, False
+    below, inside_count = 0, n
+    pool = flats  # this rank's entries inside [lo, hi]; after the first round, one small tensor
     sample_size = SAMPLE_SIZE
+    _note_round(lo, hi, inside_count)
     while inside_count > CANDIDATE_LIMIT:
-        inside = [(f >= lo.to(f.device)) & (f <= hi.to(f.device)) for f in flats] if bracketed else None
-        local_inside = n_local if inside is None else sum(int(m.sum()) for m in inside)
-        share = math.ceil(sample_size * local_inside / inside_count)
-        local_sample = _sample(flats, inside, share, gen) if flats else torch.empty(0, dtype=dtype)
-        sample = all_gather_values(local_sample, group).sort().values.cpu()
+        local_inside = sum(p.numel() for p in pool)
+        sample = all_gather_values(_sample(pool, math.ceil(sample_size * local_inside / inside_count), gen, dtype),
+                                   group).sort().values.cpu()
         m = sample.numel()
         q = (k - below) / inside_count
         margin = 3.0 / math.sqrt(m) + 1.0 / m  # >= 6 standard deviations of a sample quantile
         lo_pos, hi_pos = math.floor((q - margin) * m), math.ceil((q + margin) * m)
         new_lo = sample[lo_pos] if lo_pos >= 0 else lo
         new_hi = sample[hi_pos] if hi_pos < m else hi
-        new_below, new_inside = all_sum([
-            sum(int((f < new_lo.to(f.device)).sum()) for f in flats),
-            sum(int(((f >= new_lo.to(f.device)) & (f <= new_hi.to(f.device))).sum()) for f in flats)], group)
-        if not new_below < k <= new_below + new_inside:  # unlucky sample: keep the bracket, sample more
+        more_below, new_inside = all_sum(list(_count_in(pool, new_lo, new_hi)), group)
+        if not below + more_below < k <= below + more_below + new_inside:  # unlucky sample: sample more
             sample_size *= 4
             if sample_size >= inside_count:  # sampling would cost as much as gathering: gather
                 break
             continue
         if new_inside == inside_count:  # cannot narrow (many equal scores): gather what is left
             break
-        lo, hi, below, inside_count, bracketed = new_lo, new_hi, new_below, new_inside, True
+        lo, hi, below, inside_count = new_lo, new_hi, below + more_below, new_inside
+        _note_round(lo, hi, inside_count)
+        pool = [torch.cat([p[(p >= lo.to(p.device)) & (p <= hi.to(p.device))] for p in pool])] if pool else []
 
-    local_candidates = [f[(f >= lo.to(f.device)) & (f <= hi.to(f.device))] for f in flats]
-    gathered = all_gather_values(torch.cat(local_candidates) if flats else torch.empty(0, dtype=dtype), group)
+    local_candidates = [p[(p >= lo.to(p.device)) & (p <= hi.to(p.device))] for p in pool]
+    gathered = all_gather_values(torch.cat(local_candidates) if local_candidates else torch.empty(0, dtype=dtype),
+                                 group)
     candidates = gathered.sort().values
     need = k - below
     t = candidates[need - 1]

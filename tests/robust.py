@@ -36,10 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py: one description of the machine)
+from sparsekit.bench import cpu_name
 
+ROOT = Path(__file__).resolve().parents[1]
 RUNS: dict[str, dict[str, str]] = {
     "seed0": {"SPARSEKIT_SEED_BASE": "0"},
     "seed100": {"SPARSEKIT_SEED_BASE": "100"},

@@ -68,15 +68,12 @@ def linear_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dict
 
 def _all_reduce(stats: dict[str, CalibrationStats], group: object) -> None:
     """Sum every ``gram`` and ``count`` over the ranks of ``group`` (torch.distributed)."""
-    import torch.distributed as dist
+    from ..distributed import all_reduce_sum_, all_sum
 
-    if not dist.is_available() or not dist.is_initialized():
-        raise ValueError("group was given, but torch.distributed is not initialized (init_process_group first)")
     for s in stats.values():
-        dist.all_reduce(s.gram, op=dist.ReduceOp.SUM, group=group)
-        count = torch.tensor([s.count], dtype=torch.int64, device=s.gram.device)
-        dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
-        s.count = int(count.item())
+        all_reduce_sum_(s.gram, group)
+    for s, total in zip(stats.values(), all_sum([s.count for s in stats.values()], group)):
+        s.count = total
 
 
 @torch.no_grad()
