@@ -104,14 +104,14 @@ def data_parallel_calibration(rank: int, world: int, seed: int) -> dict[str, obj
     return out
 
 
-def results_markdown(results: dict[str, dict[str, object]]) -> str:
-    """The two result tables of :func:`main` as Markdown (the book and the benchmark show the same)."""
+def results_markdown(results: dict[str, dict[str, object]], *, title: bool = True) -> str:
+    """The two result tables of :func:`main` as Markdown (the book and the benchmark show the same);
+    ``title=False`` leaves out the heading (for a notebook output)."""
     a, b = results["selection"], results["calibration"]
     world = a["world"]
     share = (a["bytes_sent"] + a["bytes_received"]) / a["score_bytes"]
     lines = [
-        "# Pruning beyond one machine (CPU, gloo)",
-        "",
+        *(["# Pruning beyond one machine (CPU, gloo)", ""] if title else []),
         f"Run {results['date']} on {results['cpu']}, torch {results['torch']}, "
         f"`torchrun --nproc-per-node {world}` on one machine (gloo over loopback), median of {REPEATS}.",
         "",
