@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NB ?= notebooks/*.ipynb
 
-.PHONY: book test unit notebooks execute robust lint bench clean venv
+.PHONY: book test unit notebooks execute robust lint bench dist clean venv
 
 venv: $(STAMP)
 
@@ -56,6 +56,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_select.py
 	$(BIN)/python benchmarks/bench_execute.py --check
 	$(BIN)/python benchmarks/bench_structured.py --check
+
+# Distributed selection and calibration on two gloo processes (chapter 7); writes benchmarks/results/dist_cpu.md.
+dist: $(STAMP)
+	$(BIN)/torchrun --standalone --nproc-per-node 2 benchmarks/dist_prune.py
 
 clean:
 	rm -rf _build

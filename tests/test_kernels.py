@@ -24,9 +24,12 @@ from torch import nn
 
 import sparsekit as sk
 from sparsekit import kernels
+from sparsekit.kernels import triton24
 
-pytest.importorskip("triton")
-from sparsekit.kernels import _triton_kernels as tk  # noqa: E402 - after the importorskip (imports triton)
+_REASON = triton24.kernels_unavailable_reason()
+if _REASON is not None:
+    pytest.skip(_REASON, allow_module_level=True)
+from sparsekit.kernels import _triton_kernels as tk  # noqa: E402 - after the version check (imports triton)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -432,13 +435,21 @@ def test_quick_bench_skips_a_config_the_compiler_rejects(monkeypatch):
 
 
 def test_triton_version_guard():
-    from sparsekit.kernels import triton24
-
     assert triton24.triton_version_ok("3.3.0") and triton24.triton_version_ok("3.10.1+git1234")
     assert not triton24.triton_version_ok("3.2.0") and not triton24.triton_version_ok("2.3.1")
     import triton
 
     assert triton24.triton_version_ok(triton.__version__)  # the installed one passes
+
+
+def test_unavailable_reason_names_what_is_needed():
+    assert triton24.unavailable_reason("3.9.0", "2.4.6", interpreter=True) is None
+    assert triton24.unavailable_reason("3.4.0", "2.3.5", interpreter=True) is None
+    assert triton24.unavailable_reason("3.4.0", "2.4.6", interpreter=False) is None  # compiled kernels: fine
+    assert "numpy < 2.4 or triton >= 3.7" in triton24.unavailable_reason("3.4.0", "2.4.6", interpreter=True)
+    assert "triton >= 3.3" in triton24.unavailable_reason("3.1.0", "1.24.0", interpreter=False)
+    assert "needs triton" in triton24.unavailable_reason(None, "2.4.6", interpreter=True)
+    assert triton24.kernels_unavailable_reason() is None  # this machine runs them
 
 
 def test_autotuned_wrapper_kernel_runs_under_fixed_blocks():

@@ -59,14 +59,52 @@ def triton_available() -> bool:
 
 
 MIN_TRITON = (3, 3)
+"""autotune's ``do_bench`` and ``post_hook`` arguments (triton 3.3 = torch 2.7's pin)."""
+INTERPRETER_NUMPY_FIX = (3, 7)
+"""Triton < 3.7's CPU interpreter calls ``int()`` on 1-element arrays, an error from numpy 2.4 on."""
 
 
-def triton_version_ok(version: str) -> bool:
-    """True if a triton version string (``"3.3.1"``, ``"3.4.0+git..."``) is >= ``MIN_TRITON``."""
+def version_at_least(version: str, minimum: tuple[int, int]) -> bool:
+    """True if a version string (``"3.3.1"``, ``"3.4.0+git..."``, ``"2.4.0rc1"``) is >= ``minimum`` (major, minor)."""
     import re
 
     nums = [int(p) for p in re.findall(r"\d+", version.split("+")[0])[:2]]
-    return tuple(nums + [0] * (2 - len(nums))) >= MIN_TRITON
+    return tuple(nums + [0] * (2 - len(nums))) >= minimum
+
+
+def triton_version_ok(version: str) -> bool:
+    """True if a triton version string is >= ``MIN_TRITON``."""
+    return version_at_least(version, MIN_TRITON)
+
+
+def unavailable_reason(triton_version: str | None, numpy_version: str, interpreter: bool) -> str | None:
+    """Why the kernels cannot run with these versions (``None``: they can). Pure, for testing."""
+    need = ".".join(map(str, MIN_TRITON))
+    if triton_version is None:
+        return "sparsekit.kernels needs triton: pip install 'sparsekit[kernels]'"
+    if not version_at_least(triton_version, MIN_TRITON):
+        return (f"sparsekit.kernels needs triton >= {need} (autotune's do_bench and post_hook arguments; "
+                f"torch >= 2.7 pins it), found {triton_version}: pip install -U 'sparsekit[kernels]'")
+    if interpreter and version_at_least(numpy_version, (2, 4)) and not version_at_least(triton_version,
+                                                                                       INTERPRETER_NUMPY_FIX):
+        fix = ".".join(map(str, INTERPRETER_NUMPY_FIX))
+        return (f"Triton {triton_version}'s CPU interpreter fails with numpy {numpy_version} (it calls int() on "
+                f"1-element arrays): install numpy < 2.4 or triton >= {fix}")
+    return None
+
+
+def kernels_unavailable_reason() -> str | None:
+    """Why the kernels cannot run here (``None``: they can), without importing triton."""
+    import importlib.metadata
+
+    import numpy
+
+    try:
+        triton_version = importlib.metadata.version("triton") if triton_available() else None
+    except importlib.metadata.PackageNotFoundError:
+        triton_version = None
+    interpreter = interpreting() or not torch.cuda.is_available()
+    return unavailable_reason(triton_version, numpy.__version__, interpreter)
 
 
 def _check_device(*tensors: Tensor) -> None:
@@ -127,14 +165,9 @@ def _check_meta(meta: Tensor, k: int) -> None:
 @functools.cache
 def _kernels() -> dict[str, Any]:
     """Compile-on-demand: import triton and the kernels of ``._triton_kernels`` (once)."""
-    if not triton_available():
-        raise ImportError("sparsekit.kernels needs triton: pip install 'sparsekit[kernels]'")
-    import triton
-
-    if not triton_version_ok(triton.__version__):
-        raise ImportError(f"sparsekit.kernels needs triton >= {'.'.join(map(str, MIN_TRITON))} (autotune's "
-                          f"do_bench and post_hook arguments), found {triton.__version__}: "
-                          "pip install -U 'sparsekit[kernels]'")
+    reason = kernels_unavailable_reason()
+    if reason is not None:
+        raise ImportError(reason)
     from . import _triton_kernels as tk
 
     return {"prune_compress": tk.prune_compress_kernel, "linear": tk.sparse24_linear_kernel,
