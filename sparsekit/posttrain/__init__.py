@@ -4,12 +4,13 @@ The *score -> select -> mask* steps for a model that is already trained and will
 trained again: each ``nn.Linear`` is pruned so that its outputs on calibration inputs
 ``X`` change as little as possible, ``min ||W X - W' X||^2`` (layer-wise reconstruction).
 
-* :func:`calibrate` records ``H = sum x^T x`` (the Gram matrix of a layer's inputs) per layer;
-* :func:`wanda_mask` — Sun et al. 2024, "A Simple and Effective Pruning Approach for LLMs":
+* :func:`~sparsekit.posttrain.calibration.calibrate` records ``H = sum x^T x`` (the Gram matrix of a
+  layer's inputs) per layer;
+* :func:`~sparsekit.posttrain.wanda.wanda_mask` — Sun et al. 2024, "A Simple and Effective Pruning Approach for LLMs":
   score ``|W_ij| * ||X_j||``, compared within each output row, no weight update;
-* :func:`sparsegpt` — Frantar & Alistarh 2023, "SparseGPT", Algorithm 1: an adaptive mask
+* :func:`~sparsekit.posttrain.sparsegpt.sparsegpt` — Frantar & Alistarh 2023, "SparseGPT", Algorithm 1: an adaptive mask
   and the optimal brain surgeon update of the weights not yet processed;
-* :func:`prune` — both (and per-row magnitude) over a whole model, layer after layer.
+* :func:`~sparsekit.posttrain.oneshot.prune` — both (and per-row magnitude) over a whole model, layer after layer.
 """
 
 from .calibration import CalibrationStats, calibrate
