@@ -64,6 +64,7 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
             results[f"{case}:bytes"] = (log.sent, log.received, log.calls)
         # bad arguments on one rank must raise on every rank, not hang the other
         for case, kwargs in {"mismatch": {"sparsity": 0.5 if rank == 0 else 0.6},
+                             "scope-mismatch": {"sparsity": 0.5, "scope": "global" if rank == 0 else "layer"},
                              "bad-on-rank-1": {"sparsity": 0.5, "current": {"nope": torch.ones(1, dtype=torch.bool)}
                                                if rank == 1 else None}}.items():
             try:
@@ -131,6 +132,7 @@ def test_only_a_small_fraction_of_the_scores_crosses_the_network(ranks):
 def test_bad_arguments_raise_on_every_rank(ranks):
     for res in ranks:
         assert "every rank must pass the same arguments" in res["mismatch"]
+        assert "every rank must pass the same arguments" in res["scope-mismatch"]
         assert "rank 1: ValueError: current has names not in scores" in res["bad-on-rank-1"]
 
 
