@@ -36,13 +36,15 @@ __version__ = "0.1.0"
 
 # Chapter modules, ``synthetic`` and ``viz`` (matplotlib), imported on first attribute access.
 _LAZY_MODULES = (
-    "at_init", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm", "nm_training",
+    "at_init", "batchnorm", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm",
+    "nm_training",
     "permutation", "pretrained", "structured", "synthetic", "unstructured", "viz",
 )
 # Top-level names that live in a chapter module: name -> module.
 _LAZY_NAMES = {
     "nm_mask": "nm", "is_nm": "nm", "compress_24": "nm", "decompress_24": "nm",
     "at_init_masks": "at_init", "layer_collapse": "at_init",
+    "recalibrate_batchnorm": "batchnorm",
 }
 
 
