@@ -36,8 +36,8 @@ __version__ = "0.1.0"
 
 # Chapter modules, ``synthetic`` and ``viz`` (matplotlib), imported on first attribute access.
 _LAZY_MODULES = (
-    "at_init", "batchnorm", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm",
-    "nm_training",
+    "batchnorm",
+    "at_init", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm", "nm_training",
     "permutation", "pretrained", "structured", "synthetic", "unstructured", "viz",
 )
 # Top-level names that live in a chapter module: name -> module.
