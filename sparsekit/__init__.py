@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 
 # Chapter modules, ``synthetic`` and ``viz`` (matplotlib), imported on first attribute access.
 _LAZY_MODULES = (
+    "batchnorm",
     "at_init", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm", "nm_training",
     "permutation", "posttrain", "pretrained", "structured", "synthetic", "unstructured", "viz",
 )
@@ -43,6 +44,7 @@ _LAZY_MODULES = (
 _LAZY_NAMES = {
     "nm_mask": "nm", "is_nm": "nm", "compress_24": "nm", "decompress_24": "nm",
     "at_init_masks": "at_init", "layer_collapse": "at_init",
+    "recalibrate_batchnorm": "batchnorm",
 }
 
 

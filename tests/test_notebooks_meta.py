@@ -128,12 +128,13 @@ TAINT_SOURCES = {
     "evaluate", "accuracy", "sensitivity_scan",
     # timing
     "time_fn", "interleaved_times", "compare", "perf_counter", "monotonic", "process_time",
+    "cuda_graph_time",
 }
 # sparsekit functions that change their first argument in place
 IN_PLACE = {
     "apply_masks", "remove_masks", "apply_magnitude_pruning", "apply_nm", "apply_ste", "rewind",
     "load_masked_state_dict", "attach_scores", "freeze_masks", "permute_for_nm", "permute_channels", "fine_tune",
-    "train", "apply_iterative_pruning",
+    "train", "apply_iterative_pruning", "recalibrate_batchnorm",
 }
 MUTATING_METHODS = {"append", "extend", "update", "add", "insert", "setdefault", "copy_", "load_state_dict",
                     "__setitem__"}
