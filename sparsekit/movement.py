@@ -20,13 +20,17 @@ so plain gradient descent with step ``α`` accumulates the *movement score*
 which is large when ``W_ij`` is positive and its gradient negative (it grows) or negative
 with a positive gradient (it grows in magnitude): the weight moves away from zero.
 
-Three masks ``M(S)`` and one baseline, all under the cubic schedule of Zhu & Gupta 2017:
+Three masks ``M(S)`` and two baselines:
 
-* **hard movement**: keep the top-``v`` % of ``S`` in each matrix (``update_hard``);
-* **soft movement**: keep where ``σ(S) > τ`` and add ``λ · mean σ(S)`` to the loss
-  (``soft_penalty``); one threshold for all matrices, so each layer ends at its own
-  sparsity (``update_soft``);
-* **magnitude** (and **random**) pruning with the common ``sk.select_masks`` /
+* **hard movement**: keep the top-``v`` % of ``S`` in each matrix (``update_hard``), ``v``
+  following the cubic schedule of Zhu & Gupta 2017;
+* **global movement (shared threshold)**: keep the top-``v`` % of ``S`` over all matrices
+  together (``update_global``), the same schedule; each layer ends at its own sparsity;
+* **soft movement** (Sanh et al. 2020, Sec. 4): keep where ``σ(S) > τ`` for a fixed ``τ``
+  (``update_soft``) and add ``λ · Σ σ(S)`` to the loss (``soft_penalty``); there is no
+  schedule: the final sparsity *emerges* from ``λ`` (with ``λ = 0`` nothing pulls the
+  scores down);
+* **magnitude** (and **random**) gradual pruning with the common ``sk.select_masks`` /
   ``sk.apply_masks`` pipeline, the baselines.
 
 The scores live in :class:`ScoreMask`, a subclass of the common
@@ -64,7 +68,7 @@ from .masking import (
 from .select import cubic_sparsity, lowest_k, select_masks
 from .train import History, train
 
-METHODS = ("magnitude", "random", "movement", "soft_movement")
+METHODS = ("magnitude", "random", "movement", "global_movement", "soft_movement")
 """Methods understood by :func:`apply_gradual_pruning`."""
 
 ParamGroups = list[dict]
@@ -216,33 +220,21 @@ def _hard(sms: Mapping[str, ScoreMask], sparsity: float) -> None:
 
 
 @torch.no_grad()
-def update_soft(model: nn.Module, *, tau: float | None = None, sparsity: float | None = None) -> float:
-    """Soft movement: keep where ``σ(S) > τ``, with one ``τ`` shared by all matrices.
+def update_global(model: nn.Module, sparsity: float) -> float:
+    """Global movement (shared threshold): keep the ``round((1 - sparsity) · N)`` largest scores of all matrices.
 
-    Give exactly one of:
-
-    * ``tau`` in (0, 1): Sanh et al.'s rule with a fixed threshold; the L1 penalty
-      ``λ · mean σ(S)`` (:func:`soft_penalty`) then decides how much ends up pruned;
-    * ``sparsity`` in [0, 1): ``τ`` is chosen at each call as the global quantile of
-      ``σ(S)`` that prunes exactly ``round(sparsity · N)`` entries over all matrices
-      together (ties as in :func:`sparsekit.select_masks`), so a schedule can be followed.
-
-    Either way layers end at different sparsities. Returns the ``τ`` used (for the
-    quantile rule: the largest pruned ``σ(S)``, or 0 when nothing is pruned).
+    One ranking over every :class:`ScoreMask` together (ties as in :func:`sparsekit.select_masks`
+    with ``scope="global"``), so the layers end at different sparsities while the total is
+    exact. This is hard movement with one threshold shared by all matrices, *not* soft
+    movement: no penalty, and the schedule, not ``λ``, sets the sparsity. Returns that
+    threshold as ``σ`` of the largest pruned score (0 when nothing is pruned), comparable
+    with soft movement's ``τ``.
     """
-    if (tau is None) == (sparsity is None):
-        raise ValueError("give exactly one of tau or sparsity")
-    if tau is not None:
-        tau = _validate.real(tau, "tau", low=0.0, high=1.0, low_open=True, high_open=True)
-    return _soft(_require_scores(model), tau, sparsity)
+    return _global(_require_scores(model), _validate.fraction(sparsity, "sparsity"))
 
 
 @torch.no_grad()
-def _soft(sms: Mapping[str, ScoreMask], tau: float | None, sparsity: float | None) -> float:
-    if tau is not None:
-        for sm in sms.values():
-            sm.mask.copy_(torch.sigmoid(sm.scores.detach()) > tau)
-        return float(tau)
+def _global(sms: Mapping[str, ScoreMask], sparsity: float) -> float:
     masks = select_masks({n: sm.scores.detach() for n, sm in sms.items()}, float(sparsity), scope="global")
     pruned_max = 0.0
     for name, sm in sms.items():
@@ -253,19 +245,38 @@ def _soft(sms: Mapping[str, ScoreMask], tau: float | None, sparsity: float | Non
     return pruned_max
 
 
-def soft_penalty(model: nn.Module) -> Tensor:
-    """``mean σ(S)`` over every score of every :class:`ScoreMask` (Sanh et al. 2020, Sec. 4).
+@torch.no_grad()
+def update_soft(model: nn.Module, *, tau: float) -> float:
+    """Soft movement's mask (Sanh et al. 2020, Sec. 4): keep where ``σ(S) > τ``, one ``τ`` for all matrices.
 
-    Multiplied by ``λ`` and added to the loss it pulls all scores down, so only the
-    weights whose movement keeps their scores up survive the threshold ``τ``.
+    ``tau`` in (0, 1) is fixed; the L1 penalty ``λ · Σ σ(S)`` (:func:`soft_penalty`) in the
+    loss decides how many scores end below it, so each layer ends at its own sparsity.
+    Returns ``tau``.
+    """
+    tau = _validate.real(tau, "tau", low=0.0, high=1.0, low_open=True, high_open=True)
+    _soft(_require_scores(model), tau)
+    return tau
+
+
+@torch.no_grad()
+def _soft(sms: Mapping[str, ScoreMask], tau: float) -> None:
+    for sm in sms.values():
+        sm.mask.copy_(torch.sigmoid(sm.scores.detach()) > tau)
+
+
+def soft_penalty(model: nn.Module) -> Tensor:
+    """``R(S) = Σ σ(S)`` over every score of every :class:`ScoreMask` (Sanh et al. 2020, Sec. 4).
+
+    Multiplied by ``λ`` and added to the loss it pulls all scores down (its gradient is
+    ``λ σ(S)(1 - σ(S))`` per score), so only the weights whose movement keeps their scores
+    up stay above the threshold ``τ``. The paper's equation is this sum; its released code
+    averages per matrix instead, which only rescales ``λ``.
     """
     return _penalty(_require_scores(model))
 
 
 def _penalty(sms: Mapping[str, ScoreMask]) -> Tensor:
-    total = sum(torch.sigmoid(sm.scores).sum() for sm in sms.values())
-    count = sum(sm.scores.numel() for sm in sms.values())
-    return total / count
+    return sum(torch.sigmoid(sm.scores).sum() for sm in sms.values())  # type: ignore[return-value]
 
 
 def _require_scores(model: nn.Module) -> dict[str, ScoreMask]:
@@ -371,7 +382,7 @@ def apply_gradual_pruning(
     train_loader: DataLoader,
     *,
     method: str,
-    final_sparsity: float,
+    final_sparsity: float | None = None,
     steps: int,
     names: Iterable[str] | None = None,
     lr: float = 1e-3,
@@ -397,10 +408,15 @@ def apply_gradual_pruning(
         current masks and applied with ``sk.apply_masks``; pruned weights stay pruned;
       * ``"movement"``: :class:`ScoreMask` scores learned at ``score_lr``, per-matrix top-v
         (:func:`update_hard`) after every step (Sanh et al. 2020);
-      * ``"soft_movement"``: scores plus ``lam · soft_penalty`` in the loss; the mask is
-        ``σ(S) > τ`` with ``τ`` following the schedule's global quantile, or, if ``tau`` is
-        given, fixed at ``tau`` (then ``lam`` alone decides the final sparsity and
-        ``final_sparsity`` is ignored except for validation).
+      * ``"global_movement"``: the same scores, top-v over all matrices together
+        (:func:`update_global`, one shared threshold);
+      * ``"soft_movement"``: the same scores plus ``lam · Σ σ(S)`` (:func:`soft_penalty`) in
+        the training loss, mask ``σ(S) > tau`` (:func:`update_soft`) after every step. There
+        is no schedule: ``tau`` is required, ``final_sparsity`` must be left out, and
+        ``lam`` decides the final sparsity (``lam = 0``: no pressure, almost nothing is pruned).
+
+    ``final_sparsity`` (in [0, 1)) is required by every other method; ``warmup`` and
+    ``cooldown`` shape its schedule.
 
     ``optimizer`` builds the optimizer from parameter groups, each with its own ``lr``:
     one group ``{"params": all parameters, "lr": lr}`` for magnitude / random, and
@@ -414,7 +430,19 @@ def apply_gradual_pruning(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    schedule = Schedule(final_sparsity, steps, warmup, cooldown)
+    schedule: Schedule | None
+    if method == "soft_movement":
+        if final_sparsity is not None:
+            raise ValueError(f"final_sparsity is not used by method='soft_movement' (lam sets the sparsity), "
+                             f"got final_sparsity={final_sparsity!r}: leave it out")
+        if tau is None:
+            raise ValueError("method='soft_movement' needs tau, the fixed threshold on sigmoid(S), in (0, 1)")
+        _validate.integer(steps, "steps", low=1)
+        schedule = None
+    else:
+        if final_sparsity is None:
+            raise ValueError(f"method={method!r} needs final_sparsity in [0, 1)")
+        schedule = Schedule(final_sparsity, steps, warmup, cooldown)
     prune_every = _validate.positive_int(prune_every, "prune_every")
     lam = _validate.real(lam, "lam", low=0.0)
     if tau is not None and method != "soft_movement":
@@ -431,7 +459,8 @@ def apply_gradual_pruning(
     chosen = _check_names(prunable_weights(model), names)
     desc = desc or method
     with _all_or_nothing(model):
-        history, masks = _gradual(model, train_loader, method=method, schedule=schedule, chosen=chosen, lr=lr,
+        history, masks = _gradual(model, train_loader, method=method, schedule=schedule, steps=steps,
+                                  chosen=chosen, lr=lr,
                                   score_lr=score_lr, optimizer=optimizer, lam=lam, tau=tau, prune_every=prune_every,
                                   seed=seed, val_loader=val_loader, progress=progress, desc=desc)
     pruned = sum(int((~m).sum()) for m in masks.values())
@@ -446,15 +475,16 @@ def _build_optimizer(factory: OptimizerFactory, groups: ParamGroups) -> torch.op
     return opt
 
 
-def _gradual(model: nn.Module, train_loader: DataLoader, *, method: str, schedule: Schedule, chosen: list[str],
+def _gradual(model: nn.Module, train_loader: DataLoader, *, method: str, schedule: Schedule | None, steps: int,
+             chosen: list[str],
              lr: float, score_lr: float, optimizer: OptimizerFactory, lam: float, tau: float | None,
              prune_every: int, seed: int, val_loader: DataLoader | None, progress: bool, desc: str
              ) -> tuple[History, dict[str, Tensor]]:
     """The body of :func:`apply_gradual_pruning`, on checked arguments: ``(history, final masks)``."""
-    steps = schedule.steps
     loss_fn: Callable[..., Tensor] = F.cross_entropy
     hook: Callable[[int, nn.Module], None]
     if method in ("magnitude", "random"):
+        assert schedule is not None
         fixed = _scores.random(model, seed) if method == "random" else None
         opt = _build_optimizer(optimizer, [{"params": list(model.parameters()), "lr": lr}])
 
@@ -472,11 +502,21 @@ def _gradual(model: nn.Module, train_loader: DataLoader, *, method: str, schedul
         opt = _build_optimizer(optimizer, param_groups(model, lr, score_lr))
         sms = _score_masks(model)  # looked up once: module traversal is slow per step
         if method == "movement":
+            assert schedule is not None
+
             def hook(step: int, m: nn.Module) -> None:
                 _hard(sms, schedule(step))
-        else:
+        elif method == "global_movement":
+            assert schedule is not None
+
             def hook(step: int, m: nn.Module) -> None:
-                _soft(sms, tau, None if tau is not None else schedule(step))
+                _global(sms, schedule(step))
+        else:
+            assert tau is not None
+            fixed_tau = tau
+
+            def hook(step: int, m: nn.Module) -> None:
+                _soft(sms, fixed_tau)
 
             if lam:
                 def loss_fn(logits: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:

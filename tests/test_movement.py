@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import unittest.mock
 
 import pytest
 import torch
@@ -28,6 +29,13 @@ def tiny_layer() -> nn.Linear:
 def mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return sk.models.MLP(8, (16,), 3)
+
+
+def how(method: str, sparsity: float = 0.5) -> dict:
+    """What sets the sparsity: the schedule's ``final_sparsity``, or soft movement's ``tau`` and ``lam``."""
+    if method == "soft_movement":
+        return {"tau": 0.3, "lam": 0.1}
+    return {"final_sparsity": sparsity}
 
 
 def toy_loader(n: int = 64, seed: int = 0):
@@ -169,30 +177,154 @@ def test_update_soft_fixed_tau():
         scores["1.weight"].copy_(torch.tensor([[-3.0, -0.1], [0.1, 3.0]]))
     assert mv.update_soft(model, tau=0.5) == 0.5
     masks = sk.get_masks(model)
+    # sigma(S) > 0.5 exactly where S > 0 (sigma(0) = 0.5 is not kept)
     assert masks["0.weight"].tolist() == [[False, False, True], [True, False, True]]
     assert masks["1.weight"].tolist() == [[False, False], [True, True]]
 
 
-def test_update_soft_quantile_is_global_and_exact():
+@settings(max_examples=30, deadline=None)
+@given(tau=st.floats(0.01, 0.99), seed=st.integers(0, 1000))
+def test_update_soft_is_sigmoid_above_tau(tau, seed):
+    model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
+    scores = mv.attach_scores(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for s in scores.values():
+            s.copy_(3 * torch.randn(s.shape, generator=gen))
+    mv.update_soft(model, tau=tau)
+    for name, mask in sk.get_masks(model).items():
+        assert torch.equal(mask, torch.sigmoid(scores[name].detach()) > tau)
+
+
+def test_update_global_is_global_and_exact():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     scores = mv.attach_scores(model)
     with torch.no_grad():
         scores["0.weight"].copy_(torch.arange(16.0).view(4, 4))  # all higher than layer 1
         scores["1.weight"].copy_(-1.0 - torch.arange(16.0).view(4, 4))
-    tau = mv.update_soft(model, sparsity=0.5)
+    tau = mv.update_global(model, 0.5)
     masks = sk.get_masks(model)
     assert masks["0.weight"].all() and not masks["1.weight"].any()  # layers differ
     assert tau == pytest.approx(torch.sigmoid(torch.tensor(-1.0)).item())  # largest pruned
+    assert mv.update_global(model, 0.0) == 0.0 and all(m.all() for m in sk.get_masks(model).values())
+
+
+@settings(max_examples=30, deadline=None)
+@given(sparsity=st.floats(0.0, 0.99), seed=st.integers(0, 1000))
+def test_update_global_equals_global_select_masks(sparsity, seed):
+    model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
+    scores = mv.attach_scores(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for s in scores.values():
+            s.copy_(torch.randint(-3, 4, s.shape, generator=gen).float())  # many ties
+    mv.update_global(model, sparsity)
+    expected = sk.select_masks({n: s.detach() for n, s in scores.items()}, sparsity, scope="global")
+    assert all(torch.equal(sk.get_masks(model)[n], expected[n]) for n in expected)
 
 
 def test_soft_penalty_value_and_gradient():
     layer = tiny_layer()
     scores = mv.attach_scores(layer, init=0.0)["weight"]
     pen = mv.soft_penalty(layer)
-    assert pen.item() == pytest.approx(0.5)
+    assert pen.item() == 1.0  # sum of sigma(0) over two scores (Sanh et al.: R = sum sigma(S))
     pen.backward()
-    # d/dS mean sigmoid(S) = sigmoid'(0) / n = 0.25 / 2
-    assert torch.allclose(scores.grad, torch.full((1, 2), 0.125))
+    # d/dS sum sigmoid(S) = sigmoid(0) (1 - sigmoid(0)) = 0.25 per score
+    assert torch.equal(scores.grad, torch.full((1, 2), 0.25))
+
+
+def test_soft_penalty_gradient_matches_autograd_oracle_on_two_layers():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    scores = mv.attach_scores(model)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for s in scores.values():
+            s.copy_(torch.randn(s.shape, generator=gen))
+    lam = 0.7
+    (lam * mv.soft_penalty(model)).backward()
+    for name, s in scores.items():
+        leaf = s.detach().clone().requires_grad_(True)
+        (lam * torch.sigmoid(leaf).sum()).backward()  # the oracle: autograd on a plain tensor
+        sig = torch.sigmoid(s.detach())
+        assert torch.allclose(s.grad, leaf.grad, rtol=0, atol=1e-7), name
+        assert torch.allclose(s.grad, lam * sig * (1 - sig), rtol=0, atol=1e-7), name  # closed form
+
+
+def test_soft_movement_loss_is_cross_entropy_plus_lambda_times_penalty(monkeypatch):
+    """The driver's training loss is CE + lam * sum sigma(S) (Sanh et al., Sec. 4); evaluation sums are CE alone."""
+    seen: dict = {}
+    original_train, original_freeze = mv.train, mv.freeze_masks
+
+    def spy_train(model, loader, **kwargs):
+        seen["loss_fn"] = kwargs["loss_fn"]
+        return original_train(model, loader, **kwargs)
+
+    def spy_freeze(model):
+        seen["scores"] = [s.detach().clone() for s in mv.score_parameters(model).values()]
+        return original_freeze(model)
+
+    monkeypatch.setattr(mv, "train", spy_train)
+    monkeypatch.setattr(mv, "freeze_masks", spy_freeze)
+    mv.apply_gradual_pruning(mlp(), toy_loader(), method="soft_movement", tau=0.3, lam=0.25, steps=2,
+                             names=["0.weight"], progress=False)
+    loss_fn = seen["loss_fn"]
+    logits, y = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0])
+    assert loss_fn(logits, y, reduction="sum").item() == F.cross_entropy(logits, y, reduction="sum").item()
+    penalty = sum(torch.sigmoid(s).sum() for s in seen["scores"])  # the run's final scores (16 x 8)
+    assert loss_fn(logits, y).item() == pytest.approx((F.cross_entropy(logits, y) + 0.25 * penalty).item(), abs=1e-6)
+
+
+def test_lambda_zero_gives_no_pruning_pressure():
+    """With lam = 0 the scores only feel the task loss: on a model whose task gradient is zero the scores
+    stay at 0, sigma(0) = 0.5 > tau, and nothing is pruned; with lam > 0 the same run prunes everything."""
+    def run(lam: float) -> tuple[float, torch.Tensor]:
+        model = nn.Sequential(nn.Linear(8, 3))
+        with torch.no_grad():
+            model[0].weight.zero_()  # dL/dS = dL/dW' * W = 0 and lr = 0 keeps W = 0: no movement signal
+        res = mv.apply_gradual_pruning(model, toy_loader(), method="soft_movement", tau=0.4, lam=lam, steps=12,
+                                       lr=0.0, score_lr=0.1, optimizer=torch.optim.SGD, progress=False)
+        return res.sparsity, res.masks["0.weight"]
+
+    sp0, m0 = run(0.0)
+    assert sp0 == 0.0 and m0.all()
+    sp1, _ = run(2.0)  # S ~ -12 * 0.1 * 2 * 0.24 = -0.58 after 12 steps: sigma(S) < 0.4
+    assert sp1 == 1.0
+
+
+def test_higher_lambda_is_sparser_deterministic_tiny_case():
+    """Plain SGD on scores with zero task gradient: S_t = S_{t-1} - lr * lam * s(1 - s), identical for every
+    score, so the run prunes all or nothing; the number of steps to cross tau falls as lam grows."""
+    def first_pruned_step(lam: float) -> int:
+        s, t = 0.0, 0
+        tau_logit = float(torch.logit(torch.tensor(0.45)))
+        while s > tau_logit:
+            sig = 1 / (1 + float(torch.exp(torch.tensor(-s))))
+            s -= 0.1 * lam * sig * (1 - sig)
+            t += 1
+        return t
+
+    sparsities = []
+    for lam in (0.5, 2.0, 8.0):
+        steps_needed = first_pruned_step(lam)
+        model = nn.Sequential(nn.Linear(8, 3))
+        with torch.no_grad():
+            model[0].weight.zero_()
+        res = mv.apply_gradual_pruning(model, toy_loader(), method="soft_movement", tau=0.45, lam=lam, steps=6,
+                                       lr=0.0, score_lr=0.1, optimizer=torch.optim.SGD, progress=False)
+        sparsities.append(res.sparsity)
+        assert res.sparsity == (1.0 if steps_needed <= 6 else 0.0), (lam, steps_needed)
+    assert sparsities == [0.0, 1.0, 1.0]
+
+
+def test_higher_lambda_is_sparser_on_a_real_task():
+    def run(lam: float) -> float:
+        model = mlp()
+        res = mv.apply_gradual_pruning(model, toy_loader(), method="soft_movement", steps=40, lam=lam, tau=0.3,
+                                       score_lr=0.05, progress=False)
+        return res.sparsity
+
+    sps = [run(lam) for lam in (0.0, 0.003, 0.03)]
+    assert sps[0] < sps[1] < sps[2], sps  # (lam = 0 still prunes some: the task loss alone moves scores)
 
 
 def test_bad_input_scores():
@@ -208,12 +340,21 @@ def test_bad_input_scores():
         mv.attach_scores(layer)
     with pytest.raises(ValueError, match="sparsity"):
         mv.update_hard(layer, 1.0)
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(TypeError, match="tau"):
         mv.update_soft(layer)
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(TypeError, match="sparsity"):
         mv.update_soft(layer, tau=0.5, sparsity=0.5)
-    with pytest.raises(ValueError, match="tau"):
-        mv.update_soft(layer, tau=1.5)
+    for bad in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="tau"):
+            mv.update_soft(layer, tau=bad)
+    with pytest.raises(ValueError, match="sparsity"):
+        mv.update_global(layer, 1.0)
+    with pytest.raises(ValueError, match="sparsity"):
+        mv.update_global(layer, -0.1)
+    with pytest.raises(ValueError, match="attach_scores"):
+        mv.update_global(tiny_layer(), 0.5)
+    with pytest.raises(ValueError, match="attach_scores"):
+        mv.update_soft(tiny_layer(), tau=0.5)
 
 
 # --- finalize: back to the common pipeline --------------------------------------------------
@@ -280,35 +421,43 @@ def test_schedule_bad_input(kwargs, match):
         mv.Schedule(**kwargs)
 
 
-@pytest.mark.parametrize("method", mv.METHODS)
+@pytest.mark.parametrize("method", [m for m in mv.METHODS if m != "soft_movement"])
 @pytest.mark.parametrize("target", [0.9, 0.97])
 def test_apply_gradual_pruning_hits_target_sparsity(method, target):
     model = mlp()
     names = ["0.weight", "2.weight"]
     res = mv.apply_gradual_pruning(model, toy_loader(), method=method, final_sparsity=target, steps=20,
-                                   names=names, lam=0.1 if method == "soft_movement" else 0.0, progress=False)
+                                   names=names, progress=False)
     total = sum(sk.prunable_weights(model)[n].numel() for n in names)
     expected_pruned = sum(round(target * sk.prunable_weights(model)[n].numel()) for n in names)
-    if method == "soft_movement":  # one global threshold: the total is exact
+    if method == "global_movement":  # one global ranking: the total is exact
         expected_pruned = round(target * total)
     assert res.sparsity == expected_pruned / total
     assert sk.sparsity(model) == pytest.approx(res.sparsity)
     # the model ends in the common pipeline: plain bool masks, no scores
     assert mv.score_parameters(model) == {}
     assert set(sk.get_masks(model)) == set(names)
-    if method != "soft_movement":  # hard methods: exact in each matrix
+    if method != "global_movement":  # per-matrix methods: exact in each matrix
         for m in res.masks.values():
             assert int((~m).sum()) == round(target * m.numel())
 
 
-def test_soft_movement_fixed_tau_lambda_sets_sparsity():
-    def run(lam: float) -> float:
-        model = mlp()
-        res = mv.apply_gradual_pruning(model, toy_loader(), method="soft_movement", final_sparsity=0.5,
-                                       steps=40, lam=lam, tau=0.1, score_lr=0.1, progress=False)
-        return res.sparsity
+def test_soft_movement_masks_are_sigmoid_above_tau_at_the_end():
+    model = mlp()
+    captured = {}
+    original = mv.freeze_masks
 
-    assert run(0.0) < run(50.0)
+    def spy(m):
+        captured.update({n: s.detach().clone() for n, s in mv.score_parameters(m).items()})
+        return original(m)
+
+    with unittest.mock.patch.object(mv, "freeze_masks", spy):
+        res = mv.apply_gradual_pruning(model, toy_loader(), method="soft_movement", tau=0.45, lam=0.01, steps=20,
+                                       score_lr=0.05, progress=False)
+    assert set(captured) == {"0.weight", "2.weight"}
+    for n, s in captured.items():
+        assert torch.equal(res.masks[n], torch.sigmoid(s) > 0.45), n
+    assert 0.0 < res.sparsity < 1.0
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), [
@@ -317,8 +466,13 @@ def test_soft_movement_fixed_tau_lambda_sets_sparsity():
     ({"method": "movement", "names": ["nope.weight"]}, ValueError, "unknown"),
     ({"method": "magnitude", "tau": 0.5}, ValueError, "tau"),
     ({"method": "movement", "lam": 1.0}, ValueError, "lam"),
-    ({"method": "soft_movement", "lam": -1.0}, ValueError, "lam"),
-    ({"method": "soft_movement", "tau": 2.0}, ValueError, "tau"),
+    ({"method": "soft_movement", "final_sparsity": None, "tau": 0.3, "lam": -1.0}, ValueError, "lam"),
+    ({"method": "soft_movement", "final_sparsity": None, "tau": 2.0}, ValueError, "tau"),
+    ({"method": "soft_movement", "final_sparsity": None}, ValueError, "needs tau"),
+    ({"method": "soft_movement", "tau": 0.3}, ValueError, "final_sparsity is not used"),
+    ({"method": "global_movement", "final_sparsity": None}, ValueError, "needs final_sparsity"),
+    ({"method": "global_movement", "tau": 0.3}, ValueError, "tau"),
+    ({"method": "global_movement", "lam": 0.1}, ValueError, "lam"),
     ({"method": "magnitude", "prune_every": 0}, ValueError, "prune_every"),
 ])
 def test_apply_gradual_pruning_bad_input(kwargs, exc, match):
@@ -469,7 +623,7 @@ def test_empty_loader_raises_before_anything_is_attached(method):
     before, params = _state(model), list(model.parameters())
     empty = sk.data.loader(torch.randn(0, 8), torch.zeros(0, dtype=torch.long), batch_size=4)
     with pytest.raises(ValueError, match="train_loader is empty: fine-tuning needs at least one batch"):
-        mv.apply_gradual_pruning(model, empty, method=method, final_sparsity=0.5, steps=10, progress=False)
+        mv.apply_gradual_pruning(model, empty, method=method, steps=10, progress=False, **how(method))
     _assert_as_before(model, before, params)
 
 
@@ -494,9 +648,8 @@ def test_error_mid_run_leaves_the_model_as_it_was(method):
     model.eval()
     before, params = _state(model), list(model.parameters())
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        mv.apply_gradual_pruning(model, _BadLoader(), method=method, final_sparsity=0.5, steps=10,
-                                 warmup=0.0, cooldown=0.5, lam=0.1 if method == "soft_movement" else 0.0,
-                                 progress=False)
+        mv.apply_gradual_pruning(model, _BadLoader(), method=method, steps=10, warmup=0.0, cooldown=0.5,
+                                 progress=False, **how(method))
     _assert_as_before(model, before, params)
 
 
@@ -523,8 +676,8 @@ def test_optimizer_factory_gets_the_param_groups(method):
         return torch.optim.SGD(groups, momentum=0.9)
 
     model = mlp()
-    mv.apply_gradual_pruning(model, toy_loader(), method=method, final_sparsity=0.5, steps=4, lr=0.01,
-                             score_lr=0.5, optimizer=factory, progress=False)
+    mv.apply_gradual_pruning(model, toy_loader(), method=method, steps=4, lr=0.01,
+                             score_lr=0.5, optimizer=factory, progress=False, **how(method))
     n_own = len(list(mlp().parameters()))
     if method in ("magnitude", "random"):
         assert seen == [[(n_own, 0.01)]]
