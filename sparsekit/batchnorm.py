@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _validate
+from .data import batch_input
 from .train import eval_mode
 
 __all__ = ["batchnorm_layers", "recalibrate_batchnorm"]
@@ -31,16 +32,6 @@ def batchnorm_layers(model: nn.Module) -> dict[str, _BatchNorm]:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     return {name: m for name, m in model.named_modules()
             if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None}
-
-
-def _input_of(batch: object, index: int) -> Tensor:
-    """The model input of one batch: the tensor itself, or the first element of a pair."""
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise TypeError(f"batches must yield tensors or (input, target) pairs with a tensor input; "
-                    f"batch {index} is {type(batch).__name__}")
 
 
 @torch.no_grad()
@@ -114,7 +105,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[object], *,
             for i, batch in enumerate(batches):
                 if num_batches is not None and used >= num_batches:
                     break
-                model(_input_of(batch, i).to(device))
+                model(batch_input(batch, i).to(device))
                 used += 1
         if used == 0:
             raise ValueError("batches is empty: recalibrating BatchNorm needs at least one batch")

@@ -136,3 +136,16 @@ def loaders(splits: Splits, batch_size: int = 128, seed: int = 0) -> tuple[DataL
     test = loader(splits.x_test, splits.y_test, 1024)
     val = loader(splits.x_val, splits.y_val, 1024) if len(splits.y_val) else None
     return train, test, val
+
+
+def batch_input(batch: object, index: int | None = None) -> Tensor:
+    """The model input of one batch: the batch itself if it is a tensor, else the first element of
+    an ``(input, target, ...)`` tuple or list (what a ``DataLoader`` yields). ``index`` (the
+    batch's position) only makes the error message point at the bad batch."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    where = "a batch" if index is None else f"batch {index}"
+    raise TypeError(f"batches must yield tensors or (input, target) pairs with a tensor input; "
+                    f"{where} is {type(batch).__name__}")

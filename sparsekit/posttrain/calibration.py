@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..data import batch_input
 from ..train import eval_mode
 
 
@@ -30,18 +31,6 @@ class CalibrationStats:
     def input_norm(self) -> Tensor:
         """``||X_j||_2`` for every input feature ``j``: ``sqrt(diag(gram))`` (Wanda's norm)."""
         return self.gram.diagonal().clamp_min(0.0).sqrt()
-
-
-def batch_input(batch: object) -> Tensor:
-    """The model input of a calibration batch: the batch itself, or the first element of an
-    ``(input, target)`` pair (a tuple or list)."""
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("a calibration batch is an empty tuple/list; expected a tensor or (input, target)")
-        batch = batch[0]
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"a calibration batch must be a Tensor or an (input, target) pair, got {type(batch).__name__}")
-    return batch
 
 
 def linear_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, nn.Linear]:
@@ -106,7 +95,7 @@ def calibrate(model: nn.Module, batches: Iterable[object], *, layers: Sequence[s
     try:
         with eval_mode(model):
             for batch in batches:
-                model(batch_input(batch))
+                model(batch_input(batch, seen))
                 seen += 1
     finally:
         for h in handles:

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import _validate
+from ..data import batch_input
 from ..masking import apply_masks, stored_weight, weight_name
 from ..train import eval_mode
-from .calibration import CalibrationStats, batch_input, calibrate, linear_layers
+from .calibration import CalibrationStats, calibrate, linear_layers
 from .sparsegpt import sparsegpt
 from .wanda import check_nm_pattern, row_magnitude_mask, wanda_mask
 
