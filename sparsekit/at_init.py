@@ -13,11 +13,16 @@ nearly gone gets *larger* scores (the flow through it concentrates on fewer weig
 and is never emptied. A layer that is emptied disconnects the network (*layer
 collapse*): :func:`layer_collapse` detects it and :func:`critical_compression` says at
 which compression one-shot global pruning with given scores first causes it.
-:func:`sparsekit.select.random_masks_like` is the layer-wise shuffle check of Frankle et al. 2021.
+:func:`sparsekit.select.random_masks_like` is the layer-wise shuffle check of Frankle et al. 2021;
+:func:`inverted_masks` (score inversion) and :func:`reinitialized` (same mask, new
+initial weights) are its other two sanity checks. :func:`reinitialized` also draws
+Kaiming-normal weights (:data:`INITS`), since where one-shot pruning collapses depends on
+the initialization.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 
@@ -37,6 +42,10 @@ METHODS: tuple[str, ...] = ("random", "magnitude", "snip", "grasp", "synflow")
 
 DEFAULT_ROUNDS: dict[str, int] = {"synflow": 100}
 """Rounds used when ``rounds`` is not given (Tanaka et al. 2020 use 100); others: 1."""
+
+
+INITS: tuple[str, ...] = ("default", "kaiming_normal")
+"""Initializations :func:`reinitialized` draws: PyTorch's own, or Kaiming-normal."""
 
 
 def compression_to_sparsity(compression: float) -> float:
@@ -193,6 +202,65 @@ def critical_compression(scores: Mapping[str, Tensor]) -> float:
     flat = torch.cat([s.detach().flatten().double() for s in scores.values()])
     ranks = [int((flat >= s.detach().double().max()).sum()) for s in scores.values()]
     return flat.numel() / max(ranks)
+
+
+def inverted_masks(scores: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Score inversion (Frankle et al. 2021, Section 5): in every layer keep as many
+    entries as ``masks`` keeps, but those with the *lowest* scores.
+
+    The per-layer budget stays the method's; only the choice of weights inside each
+    layer is turned upside down. If a method's per-weight ranking carries information,
+    inverting it should hurt. Ties go to the lower flat index (a stable sort).
+    ``scores`` and ``masks`` need the same keys and shapes. Pure: returns new masks.
+    """
+    _check_float_dict(scores)
+    _check_mask_dict(masks)
+    if list(scores) != list(masks):
+        raise ValueError(f"scores and masks must have the same keys in the same order, got {list(scores)} "
+                         f"and {list(masks)}")
+    out = {}
+    for name, m in masks.items():
+        s = scores[name]
+        if s.shape != m.shape:
+            raise ValueError(f"scores[{name!r}] has shape {tuple(s.shape)} but masks[{name!r}] {tuple(m.shape)}")
+        keep = int(m.sum())
+        order = torch.argsort(s.detach().flatten(), stable=True)  # lowest score first
+        flat = torch.zeros(m.numel(), dtype=torch.bool, device=m.device)
+        flat[order[:keep].to(m.device)] = True
+        out[name] = flat.view(m.shape)
+    return out
+
+
+def reinitialized(model: nn.Module, seed: int, init: str = "default") -> nn.Module:
+    """A new copy of ``model`` with every parameter drawn afresh (the model is unchanged).
+
+    ``init="default"``: each module's own ``reset_parameters()`` in module order after
+    ``torch.manual_seed(seed)`` (for the book's models, the weights a fresh build under
+    that seed would have). ``"kaiming_normal"``: the weights of every Linear / Conv
+    layer from ``N(0, 2 / fan_in)`` (He et al. 2015, Eq. 10; Tanaka et al.'s code uses
+    Kaiming-normal), their biases 0; other modules reset as for ``"default"``.
+    This is the reinitialization check of Frankle et al. 2021: keep a mask, train it
+    from new initial weights of the same distribution. ``model`` must carry no masks
+    (apply them to the copy).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    seed = _validate.seed(seed, low=0)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if get_masks(model):
+        raise ValueError("model carries masks: reinitialize the unmasked model, then apply the masks")
+    new = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for module in new.modules():
+            if init == "kaiming_normal" and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return new
 
 
 def _check_mask_dict(masks: Mapping[str, Tensor]) -> None:

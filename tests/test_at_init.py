@@ -234,3 +234,98 @@ def test_score_passes_masks_to_every_criterion(method: str) -> None:
     for name, m in masks.items():
         assert bool((got[name][~m] == 0).all()), name
         assert torch.allclose(got[name], ref[name], rtol=1e-5, atol=1e-9), name
+
+
+# --- issue 14: the other two sanity checks of Frankle et al. 2021 ---------------------------
+
+
+def test_inverted_masks_keeps_each_layers_count_and_its_lowest_scores() -> None:
+    scores = {"a": torch.tensor([[0.5, -1.0, 3.0], [2.0, 0.0, 1.0]]), "b": torch.tensor([4.0, 1.0, 1.0, -2.0])}
+    masks = {"a": torch.tensor([[True, False, True], [True, False, False]]),
+             "b": torch.tensor([True, False, False, False])}
+    got = at_init.inverted_masks(scores, masks)
+    # a keeps 3: its lowest scores are -1.0, 0.0, 0.5; b keeps 1: -2.0.
+    assert torch.equal(got["a"], torch.tensor([[True, True, False], [False, True, False]]))
+    assert torch.equal(got["b"], torch.tensor([False, False, False, True]))
+    # ties go to the lower index; an empty layer stays empty, a full one stays full
+    tied = at_init.inverted_masks({"t": torch.ones(5), "e": torch.ones(2), "f": torch.ones(3)},
+                                  {"t": torch.tensor([True, True, False, False, False]),
+                                   "e": torch.zeros(2, dtype=torch.bool), "f": torch.ones(3, dtype=torch.bool)})
+    assert tied["t"].tolist() == [True, True, False, False, False]
+    assert tied["e"].tolist() == [False, False] and tied["f"].tolist() == [True, True, True]
+
+
+def test_inverted_masks_is_select_masks_on_negated_scores_layer_by_layer() -> None:
+    model = _small_mlp()
+    x, y = _batch()
+    s = sk.scores.snip(model, x, y)
+    masks = sk.select_masks(s, 0.9)
+    got = at_init.inverted_masks(s, masks)
+    for name, m in masks.items():
+        pruned = int((~m).sum())
+        want = sk.select_masks({name: -s[name]}, pruned / m.numel(), scope="layer")[name]
+        assert int(got[name].sum()) == int(m.sum()), name
+        assert torch.equal(got[name], want), name
+        # every kept score is <= every pruned one: the lowest were kept
+        assert float(s[name][got[name]].max()) <= float(s[name][~got[name]].min()), name
+
+
+def test_inverted_masks_bad_input() -> None:
+    s = {"a": torch.zeros(4)}
+    m = {"a": torch.ones(4, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="same keys"):
+        at_init.inverted_masks(s, {"b": torch.ones(4, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="shape"):
+        at_init.inverted_masks(s, {"a": torch.ones(5, dtype=torch.bool)})
+    with pytest.raises(TypeError, match="bool"):
+        at_init.inverted_masks(s, {"a": torch.ones(4)})
+    with pytest.raises(TypeError, match="float"):
+        at_init.inverted_masks({"a": torch.zeros(4, dtype=torch.long)}, m)
+    with pytest.raises(ValueError, match="NaN"):
+        at_init.inverted_masks({"a": torch.tensor([0.0, math.nan, 0.0, 0.0])}, m)
+    with pytest.raises(ValueError, match="non-empty"):
+        at_init.inverted_masks({}, m)
+
+
+def test_reinitialized_default_is_a_fresh_build_under_that_seed_and_leaves_the_model() -> None:
+    for name in ["mlp", "cnn"]:
+        model = sk.models.build(name)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        new = at_init.reinitialized(model, 5)
+        torch.manual_seed(5)
+        fresh = sk.models.build(name)
+        assert new is not model
+        assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in new.state_dict().items()), name
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), name
+        other = at_init.reinitialized(model, 6)
+        assert not torch.equal(other.state_dict()[next(iter(before))], new.state_dict()[next(iter(before))])
+
+
+def test_reinitialized_kaiming_normal_draws_he_weights_and_zero_biases() -> None:
+    model = sk.models.MLP(40, (400, 400), 10)
+    new = at_init.reinitialized(model, 3, "kaiming_normal")
+    torch.manual_seed(3)
+    for layer in [m for m in new.modules() if isinstance(m, nn.Linear)]:
+        want = torch.empty_like(layer.weight).normal_(0.0, math.sqrt(2.0 / layer.in_features))
+        assert torch.allclose(layer.weight, want, rtol=1e-6, atol=1e-7)  # the same draws, in module order
+        assert bool((layer.bias == 0).all())
+    w = new[2].weight.detach()
+    assert abs(float(w.std()) - math.sqrt(2 / 400)) < 0.02 * math.sqrt(2 / 400)
+    cnn = at_init.reinitialized(sk.models.build("cnn"), 0, "kaiming_normal")
+    bn = [m for m in cnn.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert bn and all(bool((m.weight == 1).all()) and bool((m.running_var == 1).all()) for m in bn)
+
+
+def test_reinitialized_bad_input() -> None:
+    model = _small_mlp()
+    with pytest.raises(ValueError, match="init"):
+        at_init.reinitialized(model, 0, "xavier")
+    with pytest.raises(TypeError, match="model"):
+        at_init.reinitialized("mlp", 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed"):
+        at_init.reinitialized(model, -1)
+    with pytest.raises(TypeError, match="seed"):
+        at_init.reinitialized(model, 1.5)  # type: ignore[arg-type]
+    sk.apply_masks(model, sk.select_masks(sk.scores.magnitude(model), 0.5))
+    with pytest.raises(ValueError, match="masks"):
+        at_init.reinitialized(model, 0)
