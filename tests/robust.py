@@ -117,7 +117,7 @@ def execute_one(notebook: Path, run: str, out_dir: Path) -> dict:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
     start = time.perf_counter()
     result = {"notebook": notebook.name, "run": run, "ok": True, "error": ""}
     try:
