@@ -182,15 +182,21 @@ def test_update_soft_fixed_tau():
     assert masks["1.weight"].tolist() == [[False, False], [True, True]]
 
 
-@settings(max_examples=30, deadline=None)
-@given(tau=st.floats(0.01, 0.99), seed=st.integers(0, 1000))
-def test_update_soft_is_sigmoid_above_tau(tau, seed):
+def model_with_scores(seed: int, draw) -> tuple[nn.Module, dict]:
+    """A two-layer model with movement scores drawn by ``draw(shape, generator)``."""
     model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
     scores = mv.attach_scores(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for s in scores.values():
-            s.copy_(3 * torch.randn(s.shape, generator=gen))
+            s.copy_(draw(s.shape, gen))
+    return model, scores
+
+
+@settings(max_examples=30, deadline=None)
+@given(tau=st.floats(0.01, 0.99), seed=st.integers(0, 1000))
+def test_update_soft_is_sigmoid_above_tau(tau, seed):
+    model, scores = model_with_scores(seed, lambda shape, gen: 3 * torch.randn(shape, generator=gen))
     mv.update_soft(model, tau=tau)
     for name, mask in sk.get_masks(model).items():
         assert torch.equal(mask, torch.sigmoid(scores[name].detach()) > tau)
@@ -212,12 +218,8 @@ def test_update_global_is_global_and_exact():
 @settings(max_examples=30, deadline=None)
 @given(sparsity=st.floats(0.0, 0.99), seed=st.integers(0, 1000))
 def test_update_global_equals_global_select_masks(sparsity, seed):
-    model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
-    scores = mv.attach_scores(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for s in scores.values():
-            s.copy_(torch.randint(-3, 4, s.shape, generator=gen).float())  # many ties
+    many_ties = lambda shape, gen: torch.randint(-3, 4, shape, generator=gen).float()  # noqa: E731
+    model, scores = model_with_scores(seed, many_ties)
     mv.update_global(model, sparsity)
     expected = sk.select_masks({n: s.detach() for n, s in scores.items()}, sparsity, scope="global")
     assert all(torch.equal(sk.get_masks(model)[n], expected[n]) for n in expected)
