@@ -341,3 +341,11 @@ def test_setup_sets_the_thread_count(path):
     code = _code_cells(_load(path))
     setup = next(c for c in code if "seed_everything(0)" in _source(c))
     assert "torch.set_num_threads(" in _source(setup), f"{path.name}: the setup cell does not set the thread count"
+
+
+def test_references_bib_parses():
+    """A broken entry (a merge that drops a brace) fails here, not only in the book build."""
+    pybtex = pytest.importorskip("pybtex.database")
+    entries = pybtex.parse_file(ROOT / "book" / "references.bib").entries
+    text = (ROOT / "book" / "references.bib").read_text()
+    assert len(entries) == text.count("\n@") + text.startswith("@")
