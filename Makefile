@@ -57,7 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_execute.py --check
 	$(BIN)/python benchmarks/bench_structured.py --check
 
-# Distributed selection and calibration on two gloo processes (chapter 7); writes benchmarks/results/dist_cpu.md.
+# Distributed selection and calibration on two gloo processes (chapter 8); writes benchmarks/results/dist_cpu.md.
 dist: $(STAMP)
 	$(BIN)/torchrun --standalone --nproc-per-node 2 benchmarks/dist_prune.py
 

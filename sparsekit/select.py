@@ -154,22 +154,17 @@ def _protect_top(score: Tensor, forced: Tensor | None, keep: int) -> Tensor | No
     return protected.view(score.shape)
 
 
-def _count(masks: list[Tensor | None], group: object = None) -> int:
-    """Number of True entries over ``masks`` (over every rank's masks when ``group`` is given)."""
-    local = sum(int(m.sum()) for m in masks if m is not None)
-    if group is None:
-        return local
-    from .distributed import all_sum
-
-    return all_sum([local], group)[0]
+def _count(masks: list[Tensor | None]) -> int:
+    """Number of True entries over ``masks`` (this process's)."""
+    return sum(int(m.sum()) for m in masks if m is not None)
 
 
 def _prune_lowest(
-    tensors: list[Tensor], forced: list[Tensor | None], protected: list[Tensor | None], k: int,
+    tensors: list[Tensor], forced: list[Tensor | None], protected: list[Tensor | None], k_free: int,
     group: object = None,
 ) -> list[Tensor]:
-    """Pruned-entry masks: every ``forced`` entry, then the lowest scores among the rest
-    (never a ``protected`` one) until ``k`` are pruned over all tensors together.
+    """Pruned-entry masks: every ``forced`` entry, plus the ``k_free`` lowest scores among the
+    rest (never a ``protected`` one), counted over all tensors (and ranks) together.
 
     Only the free entries take part in the ranking, in flat order, so the tie rule (lower
     position first) is the same with or without ``current`` / ``min_keep``.
@@ -182,11 +177,11 @@ def _prune_lowest(
             free.append(~f if p is None else ~p if f is None else ~(f | p))
     parts = [s.reshape(-1) if fr is None else s[fr] for s, fr in zip(tensors, free)]
     if group is None:
-        chosen = lowest_k_parts(parts, k - _count(forced))
+        chosen = lowest_k_parts(parts, k_free)
     else:
         from . import distributed
 
-        chosen = distributed.lowest_k_parts(parts, k - _count(forced, group), group)
+        chosen = distributed.lowest_k_parts(parts, k_free, group)
     out = []
     for s, f, fr, c in zip(tensors, forced, free, chosen):
         if fr is None:
@@ -262,25 +257,26 @@ def _layer_masks(names: list[str], tensors: list[Tensor], forced: list[Tensor | 
                  sparsity: float) -> dict[str, Tensor]:
     masks = {}
     for name, s, f in zip(names, tensors, forced):
-        k = round(sparsity * s.numel())
-        _check_constraints(name, [s], [f], [None], k)
-        masks[name] = ~_prune_lowest([s], [f], [None], k)[0]
+        k, already = round(sparsity * s.numel()), _count([f])
+        _check_constraints(name, k, s.numel(), already, kept=0)
+        masks[name] = ~_prune_lowest([s], [f], [None], k - already)[0]
     return masks
 
 
 def _global_masks(names: list[str], tensors: list[Tensor], forced: list[Tensor | None], sparsity: float,
                   min_keep: float, group: object = None) -> dict[str, Tensor]:
     protected = [_protect_top(s, f, math.ceil(min_keep * s.numel())) for s, f in zip(tensors, forced)]
-    total = sum(s.numel() for s in tensors)
+    counts = [sum(s.numel() for s in tensors), _count(forced), _count(protected)]
     if group is not None:
         from .distributed import all_sum
 
-        (total,) = all_sum([total], group)
-        if total == 0:
+        counts = all_sum(counts, group)  # one all-reduce for all three numbers
+        if counts[0] == 0:
             raise ValueError("scores must hold at least one tensor on some rank; every rank passed none")
+    total, already, kept = counts
     k = round(sparsity * total)
-    _check_constraints("all scores", tensors, forced, protected, k, group)
-    pruned = _prune_lowest(tensors, forced, protected, k, group)
+    _check_constraints("all scores", k, total, already, kept)
+    pruned = _prune_lowest(tensors, forced, protected, k - already, group)
     return {name: ~p for name, p in zip(names, pruned)}
 
 
@@ -302,22 +298,14 @@ def _select_across_ranks(scores: Mapping[str, Tensor], sparsity: float, scope: s
     return _global_masks(names, tensors, forced, sparsity, min_keep, group)
 
 
-def _check_constraints(name: str, parts: list[Tensor], forced: list[Tensor | None],
-                       protected: list[Tensor | None], k: int, group: object = None) -> None:
-    """``k`` pruned entries must include every ``forced`` one and no ``protected`` one (over
-    every rank's tensors when ``group`` is given)."""
-    already = _count(forced, group)
+def _check_constraints(name: str, k: int, size: int, already: int, kept: int) -> None:
+    """``k`` pruned entries out of ``size`` must include the ``already`` pruned ones (from
+    ``current``) and leave the ``kept`` ones that ``min_keep`` protects."""
     if already > k:
         raise ValueError(
             f"{name}: {already} entries are already pruned by `current`, more than the "
             f"{k} that the requested sparsity allows; sparsity can only grow"
         )
-    kept = _count(protected, group)
-    size = sum(p.numel() for p in parts)
-    if group is not None:
-        from .distributed import all_sum
-
-        (size,) = all_sum([size], group)
     if k > size - kept:
         raise ValueError(f"{name}: cannot prune {k} entries while min_keep protects the rest ({kept} entries)")
 

@@ -139,3 +139,14 @@ def test_bad_arguments_raise_on_every_rank(ranks):
 def test_a_group_without_torch_distributed_initialized_is_refused():
     with pytest.raises(ValueError, match="not initialized"):
         sk.select_masks({"w": torch.rand(4)}, 0.5, group=object())
+
+
+def test_global_selection_agrees_on_its_counts_in_one_all_reduce(ranks):
+    """Arguments (one object gather), the three counts (total, already pruned, protected: one
+    all-reduce), then the bracketing: for the small cases everything fits in one candidate round."""
+    calls = {case: ranks[0][f"{case}:bytes"][2] for case in CASES}
+    # 1 argument check + 1 all-reduce of the three counts + 5 in lowest_k_parts, whose one round
+    # gathers every candidate; 11 when each count had an all-reduce of its own
+    assert {case: calls[case] for case in ("ties-global", "ties-current", "ties-min-keep", "empty-rank")} == {
+        "ties-global": 7, "ties-current": 7, "ties-min-keep": 7, "empty-rank": 7}
+    assert calls["large"] > 7  # more bracketing rounds
