@@ -32,7 +32,7 @@ CONFIG: dict[str, int] = {"d_model": 128, "num_heads": 4, "num_layers": 4, "cont
 """The shipped model: about 0.9 M parameters, 16 ``nn.Linear`` layers (4 per block)."""
 
 ASSET = Path(__file__).parent / "assets" / "byte_lm_pretrained.pt"
-SHA256 = ""
+SHA256 = "49a29c737e3cac9cdbeffd1add84dd78a5815fab8032bcf4a14e96a9dbf8d5bc"
 """SHA-256 of the shipped weights file (float16), checked on every load."""
 
 
@@ -129,7 +129,7 @@ def generate(model: ByteLM, prompt: str, length: int = 80, *, seed: int = 0, tem
     return text.decode(ids[0])
 
 
-def make_pretrained_lm(steps: int = 1500, seed: int = 0, batch_size: int = 16, lr: float = 2e-3,
+def make_pretrained_lm(steps: int = 3000, seed: int = 0, batch_size: int = 16, lr: float = 2e-3,
                        warmup: int = 100, progress: bool = True) -> ByteLM:
     """The recipe of the shipped model: AdamW (weight decay 0.1 on matrices), linear warm-up then
     cosine decay of ``lr``, gradient clipping at 1, random windows of the training text."""
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Pre-train the byte-level LM of the one-shot pruning chapter.")
     parser.add_argument("--out", type=Path, default=ASSET, help="where to write the weights (default: the asset)")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--json", action="store_true", help="print one JSON line (sha256, perplexity, seconds)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)  # a fixed thread count: the same float summation order on every run
