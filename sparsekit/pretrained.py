@@ -161,18 +161,9 @@ def load_pretrained(path: str | Path | None = None, *, sha256: str | None = None
     re-initialises the classification head from that seed, one fresh head per fine-tuning
     run. The global RNG is left as it was.
     """
-    path = Path(ASSET if path is None else path)
-    if not path.is_file():
-        raise ValueError(f"path {str(path)!r} is not a file")
     if head_seed is not None:
         head_seed = _validate.seed(head_seed, "head_seed")
-    expected = _expected_sha256(path, sha256)
-    if expected is not None and file_sha256(path) != expected:
-        raise ValueError(f"{path} has SHA-256 {file_sha256(path)}, expected {expected}: the file is corrupt or stale")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as err:  # truncated or not a torch.save archive
-        raise ValueError(f"{path} is not a readable torch.save checkpoint ({type(err).__name__}: {err})") from err
+    state = verified_state(path, ASSET, SHA256, sha256)
     with torch.random.fork_rng(devices=[]):  # building the model must not advance the global RNG
         model = TinyTransformer(**CONFIG)
         try:
@@ -185,14 +176,34 @@ def load_pretrained(path: str | Path | None = None, *, sha256: str | None = None
     return model
 
 
-def _expected_sha256(path: Path, sha256: str | None) -> str | None:
+def verified_state(path: str | Path | None, asset: Path, asset_sha256: str, sha256: str | None) -> dict:
+    """The state dict in ``path`` (default: the package ``asset``), loaded with
+    ``torch.load(weights_only=True)`` after its SHA-256 was checked.
+
+    The asset is checked against ``asset_sha256``; any other file needs ``sha256=`` (its
+    expected hex digest) or ``sha256=UNVERIFIED``. Missing, mismatching, truncated or
+    foreign files raise ``ValueError``.
+    """
+    path = Path(asset if path is None else path)
+    if not path.is_file():
+        raise ValueError(f"path {str(path)!r} is not a file")
+    expected = _expected_sha256(path, sha256, asset, asset_sha256)
+    if expected is not None and file_sha256(path) != expected:
+        raise ValueError(f"{path} has SHA-256 {file_sha256(path)}, expected {expected}: the file is corrupt or stale")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as err:  # truncated or not a torch.save archive
+        raise ValueError(f"{path} is not a readable torch.save checkpoint ({type(err).__name__}: {err})") from err
+
+
+def _expected_sha256(path: Path, sha256: str | None, asset: Path, asset_sha256: str) -> str | None:
     """The digest ``path`` must have, or ``None`` when the caller chose ``UNVERIFIED``."""
     if sha256 is not None and not isinstance(sha256, str):
         raise TypeError(f"sha256 must be a hex string or {UNVERIFIED!r}, got {type(sha256).__name__}")
-    shipped = path.resolve() == ASSET.resolve()
+    shipped = path.resolve() == asset.resolve()
     if sha256 is None:
         if shipped:
-            return SHA256
+            return asset_sha256
         raise ValueError(
             f"{path} is not the shipped asset: pass sha256=<its hex digest> to check it, or "
             f"sha256={UNVERIFIED!r} to load it unchecked"
