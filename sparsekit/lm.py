@@ -130,13 +130,15 @@ def generate(model: ByteLM, prompt: str, length: int = 80, *, seed: int = 0, tem
 
 
 def make_pretrained_lm(steps: int = 3000, seed: int = 0, batch_size: int = 16, lr: float = 2e-3,
-                       warmup: int = 100, progress: bool = True) -> ByteLM:
+                       warmup: int = 100, progress: bool = True, config: dict[str, int] | None = None) -> ByteLM:
     """The recipe of the shipped model: AdamW (weight decay 0.1 on matrices), linear warm-up then
-    cosine decay of ``lr``, gradient clipping at 1, random windows of the training text."""
+    cosine decay of ``lr``, gradient clipping at 1, random windows of the training text.
+    ``config`` (default :data:`CONFIG`) sizes the model."""
     from .seeding import seed_everything
 
+    steps = _validate.positive_int(steps, "steps")
     seed_everything(seed)
-    model = ByteLM(**CONFIG)
+    model = ByteLM(**(CONFIG if config is None else config))
     train_ids = text.docs_bytes("train")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ASSET, help="where to write the weights (default: the asset)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--json", action="store_true", help="print one JSON line (sha256, perplexity, seconds)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 unless the written file has the shipped SHA-256")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)  # a fixed thread count: the same float summation order on every run
     start = time.perf_counter()
@@ -200,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(result) if args.json else
           f"wrote {args.out} in {seconds:.0f} s; SHA-256 {result['sha256']}; held-out perplexity "
           f"{result['test_perplexity']:.3f} per byte; {result['parameters']} parameters")
+    if args.check and result["sha256"] != SHA256:
+        raise SystemExit(f"SHA-256 {result['sha256']} differs from the shipped {SHA256} (another CPU or thread "
+                         f"count takes another float path; see the module docstring)")
 
 
 if __name__ == "__main__":

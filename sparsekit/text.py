@@ -4,8 +4,9 @@ Nothing is downloaded. The **in-domain** text is the documentation of the Python
 that ships with CPython for ``pydoc``: ``pydoc_data.topics.topics``, 79 topics and about
 465 000 characters in Python 3.11 (other versions ship slightly different text, so numbers
 measured on it move a little between Python versions). The topics are joined in sorted
-order and cut into chunks of :data:`CHUNK` bytes; every tenth chunk is held out. The **out-of-domain** text is Python source code from the
-standard library (:data:`CODE_MODULES`), used to ask whether the calibration text matters.
+order and cut into chunks of :data:`CHUNK` bytes; every tenth chunk is held out. The
+**out-of-domain** text is Python source code from the standard library (:data:`CODE_MODULES`),
+used to ask whether the calibration text matters.
 
 Text is modelled as UTF-8 bytes: a vocabulary of 256 symbols and no tokenizer to ship.
 """
