@@ -240,6 +240,33 @@ def test_sparsegpt_reconstructs_better_than_wanda_and_wanda_better_than_magnitud
         assert err_sgpt < err_wanda < err_mag, (nm, err_sgpt, err_wanda, err_mag)
 
 
+@pytest.mark.parametrize("blocksize", [3, 16])
+def test_sparsegpt_with_a_fixed_mask_is_the_obs_update_of_that_mask(blocksize):
+    """mask=: no choice, only the update; equals the direct OBS solve pruning exactly there, and it
+    reconstructs better than the same mask without the update (Sun et al. 2024, Table 6's ablation)."""
+    g = torch.Generator().manual_seed(11)
+    w, x = torch.randn(5, 16, generator=g, dtype=torch.float64), torch.randn(80, 16, generator=g, dtype=torch.float64)
+    h = x.T @ x
+    keep = wanda_mask(w, h.diagonal().sqrt(), 0.5)
+    expected_w, expected_mask = obs_oracle(w, h, lambda i, w_now, d, pruned: ~keep[:, i], damp=0.01)
+    new_w, mask = sparsegpt(w, h, mask=keep, blocksize=blocksize)
+    assert torch.equal(mask, keep) and torch.equal(expected_mask, keep)
+    torch.testing.assert_close(new_w, expected_w, rtol=1e-9, atol=1e-10)
+    assert reconstruction_error(w, new_w, x) < reconstruction_error(w, w * keep, x)
+
+
+def test_sparsegpt_fixed_mask_bad_input():
+    w, h = torch.randn(3, 8), spd(8)
+    with pytest.raises(ValueError, match="either mask= .* or nm="):
+        sparsegpt(w, h, nm=(2, 4), mask=torch.ones(3, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be bool with the weight's shape"):
+        sparsegpt(w, h, mask=torch.ones(3, 7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be bool"):
+        sparsegpt(w, h, mask=torch.ones(3, 8))
+    with pytest.raises(TypeError, match="mask must be a bool Tensor"):
+        sparsegpt(w, h, mask=[[True] * 8] * 3)
+
+
 def test_damping_keeps_a_rank_deficient_hessian_finite():
     g = torch.Generator().manual_seed(7)
     x = torch.randn(3, 8, generator=g, dtype=torch.float64)  # 3 tokens: rank 3 < 8

@@ -61,7 +61,7 @@ def _choose_block_mask(w_block: Tensor, d_block: Tensor, prune_count: int) -> Te
 
 
 def sparsegpt(weight: Tensor, hessian: Tensor, sparsity: float = 0.5, *, nm: tuple[int, int] | None = None,
-              blocksize: int = 128, damp: float = 0.01) -> tuple[Tensor, Tensor]:
+              blocksize: int = 128, damp: float = 0.01, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(new_weight, mask)``: SparseGPT's mask and OBS-updated weights for one ``[out, in]`` layer.
 
     ``hessian`` is ``H = sum x^T x`` over the calibration tokens (``CalibrationStats.gram``);
@@ -72,6 +72,9 @@ def sparsegpt(weight: Tensor, hessian: Tensor, sparsity: float = 0.5, *, nm: tup
     reached (exact N:M; ``sparsity`` is then unused). ``new_weight`` is exactly 0 where
     ``mask`` is False and has ``weight``'s dtype; input features that were never active
     (``H_jj = 0``) are zeroed. The arguments are not modified. Computed in float64.
+
+    ``mask`` (bool ``[out, in]``, True = kept): prune exactly there instead of choosing, and only
+    apply the OBS update (e.g. to Wanda's or magnitude's mask; ``sparsity`` and ``nm`` unused).
     """
     weight = check_weight(weight)
     rows, columns = weight.shape
@@ -82,6 +85,14 @@ def sparsegpt(weight: Tensor, hessian: Tensor, sparsity: float = 0.5, *, nm: tup
     if pattern is not None and blocksize % pattern[1]:
         raise ValueError(f"blocksize must be a multiple of m={pattern[1]} for N:M, got {blocksize}")
     damp = _validate.real(damp, "damp", low=0.0)
+    if mask is not None:
+        if nm is not None:
+            raise ValueError("pass either mask= (a fixed mask) or nm= (a pattern to choose), not both")
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a bool Tensor, got {type(mask).__name__}")
+        if mask.dtype != torch.bool or mask.shape != weight.shape:
+            raise ValueError(f"mask must be bool with the weight's shape {tuple(weight.shape)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
 
     w = weight.detach().to(torch.float64).clone()
     h = h.clone()
@@ -90,18 +101,19 @@ def sparsegpt(weight: Tensor, hessian: Tensor, sparsity: float = 0.5, *, nm: tup
     w[:, dead] = 0.0
     u = inverse_hessian_factor(h, damp)
 
-    pruned = torch.zeros(rows, columns, dtype=torch.bool, device=w.device)
-    total = round(sparsity * rows * columns)
+    fixed = mask is not None
+    pruned = ~mask.to(w.device) if fixed else torch.zeros(rows, columns, dtype=torch.bool, device=w.device)
+    total = int(pruned.sum()) if fixed else round(sparsity * rows * columns)
     for start in range(0, columns, blocksize):
         end = min(start + blocksize, columns)
         w_block, u_block = w[:, start:end].clone(), u[start:end, start:end]
         err_block = torch.zeros_like(w_block)
-        if pattern is None:  # this block's share keeps the running count exact
+        if not fixed and pattern is None:  # this block's share keeps the running count exact
             share = round(sparsity * rows * end) - int(pruned.sum())
             pruned[:, start:end] = _choose_block_mask(w_block, u_block.diagonal(), share)
         for i in range(end - start):
             col = start + i
-            if pattern is not None and col % pattern[1] == 0:
+            if not fixed and pattern is not None and col % pattern[1] == 0:
                 n, m = pattern
                 saliency = w_block[:, i:i + m] ** 2 / u_block.diagonal()[i:i + m].unsqueeze(0) ** 2
                 pruned[:, col:col + m] = ~nm_mask(saliency, n, m)
@@ -114,6 +126,6 @@ def sparsegpt(weight: Tensor, hessian: Tensor, sparsity: float = 0.5, *, nm: tup
         w[:, end:] -= err_block @ u[start:end, end:]  # the block's errors reach the columns to its right
     if pattern is None:
         assert int(pruned.sum()) == total
-    mask = ~pruned
+    kept = ~pruned
     w[pruned] = 0.0
-    return w.to(weight.dtype), mask
+    return w.to(weight.dtype), kept
