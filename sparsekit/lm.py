@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from . import _validate, text
@@ -100,12 +101,17 @@ class ByteLM(nn.Module):
 
 
 @torch.no_grad()
-def perplexity(model: ByteLM, ids: Tensor, *, batch_size: int = 32) -> float:
+def perplexity(model: ByteLM, ids: Tensor, *, windows: int | None = None, batch_size: int = 32) -> float:
     """``exp`` of the mean next-byte cross-entropy over non-overlapping windows of ``ids``
-    (``text.windows``, length ``model.context``): perplexity per byte. ``log2`` of it is bits per byte."""
+    (``text.windows``, length ``model.context``): perplexity per byte; ``log2`` of it is bits per
+    byte. ``windows``: use only that many windows, evenly spaced over the text (faster, and
+    still drawn from all of it)."""
     data = text.windows(ids, model.context)
+    if windows is not None:
+        windows = _validate.positive_int(windows, "windows")
+        data = data[torch.linspace(0, data.shape[0] - 1, min(windows, data.shape[0])).round().long()]
     total, count = 0.0, 0
-    with eval_mode(model):
+    with eval_mode(model), parametrize.cached():
         for chunk in data.split(batch_size):
             logits = model(chunk[:, :-1])
             total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
@@ -121,7 +127,7 @@ def generate(model: ByteLM, prompt: str, length: int = 80, *, seed: int = 0, tem
     temperature = _validate.real(temperature, "temperature", low=0.0, low_open=True)
     gen = torch.Generator().manual_seed(_validate.seed(seed, low=0))
     ids = text.encode(prompt).unsqueeze(0)
-    with eval_mode(model):
+    with eval_mode(model), parametrize.cached():  # masked weights computed once, not once per byte
         for _ in range(length):
             logits = model(ids[:, -model.context:])[0, -1] / temperature
             nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
@@ -129,17 +135,18 @@ def generate(model: ByteLM, prompt: str, length: int = 80, *, seed: int = 0, tem
     return text.decode(ids[0])
 
 
-def make_pretrained_lm(steps: int = 3000, seed: int = 0, batch_size: int = 16, lr: float = 2e-3,
-                       warmup: int = 100, progress: bool = True, config: dict[str, int] | None = None) -> ByteLM:
-    """The recipe of the shipped model: AdamW (weight decay 0.1 on matrices), linear warm-up then
-    cosine decay of ``lr``, gradient clipping at 1, random windows of the training text.
-    ``config`` (default :data:`CONFIG`) sizes the model."""
-    from .seeding import seed_everything
+def train_lm(model: ByteLM, steps: int, *, seed: int = 0, batch_size: int = 16, lr: float = 2e-3,
+             warmup: int = 100, ids: Tensor | None = None, progress: bool = True) -> ByteLM:
+    """Train ``model`` in place for ``steps`` steps of next-byte prediction and return it (eval mode).
 
+    AdamW (betas 0.9 / 0.95, weight decay 0.1 on matrices only), linear warm-up over ``warmup``
+    steps then cosine decay of ``lr`` to 0, gradient clipping at 1, ``batch_size`` random
+    windows of ``ids`` (default: the training text) per step, drawn from ``seed``. Masks applied
+    with ``sk.apply_masks`` stay in force: the optimizer moves the stored weights, the model
+    uses them masked (fine-tuning a pruned model).
+    """
     steps = _validate.positive_int(steps, "steps")
-    seed_everything(seed)
-    model = ByteLM(**(CONFIG if config is None else config))
-    train_ids = text.docs_bytes("train")
+    ids = text.docs_bytes("train") if ids is None else ids
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -147,8 +154,8 @@ def make_pretrained_lm(steps: int = 3000, seed: int = 0, batch_size: int = 16, l
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
-    for step in tqdm(range(steps), desc="pre-training", disable=not progress):
-        batch = text.windows(train_ids, model.context, count=batch_size, seed=seed * 1_000_003 + step)
+    for step in tqdm(range(steps), desc="training", disable=not progress):
+        batch = text.windows(ids, model.context, count=batch_size, seed=seed * 1_000_003 + step)
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -157,6 +164,18 @@ def make_pretrained_lm(steps: int = 3000, seed: int = 0, batch_size: int = 16, l
         opt.step()
         schedule.step()
     return model.eval()
+
+
+def make_pretrained_lm(steps: int = 3000, seed: int = 0, batch_size: int = 16, lr: float = 2e-3,
+                       warmup: int = 100, progress: bool = True, config: dict[str, int] | None = None) -> ByteLM:
+    """The recipe of the shipped model: a fresh ``ByteLM(**CONFIG)`` from ``seed``, trained by
+    :func:`train_lm` on the documentation text. ``config`` (default :data:`CONFIG`) sizes the model."""
+    from .seeding import seed_everything
+
+    steps = _validate.positive_int(steps, "steps")
+    seed_everything(seed)
+    model = ByteLM(**(CONFIG if config is None else config))
+    return train_lm(model, steps, seed=seed, batch_size=batch_size, lr=lr, warmup=warmup, progress=progress)
 
 
 def load_pretrained_lm(path: str | Path | None = None, *, sha256: str | None = None) -> ByteLM:

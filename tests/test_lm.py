@@ -1,5 +1,6 @@
 """sparsekit.lm: the byte-level LM of chapter 7 — causality, the shipped weights, the recipe."""
 
+import math
 import shutil
 
 import pytest
@@ -94,3 +95,27 @@ def test_bad_config(kwargs, match):
 def test_too_long_input_is_refused():
     with pytest.raises(ValueError, match="context"):
         lm.ByteLM(d_model=8, num_heads=1, num_layers=1, context=4)(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_perplexity_on_evenly_spaced_windows(shipped):
+    ids = text.docs_bytes("test")[: 20 * 128 + 1]
+    assert lm.perplexity(shipped, ids, windows=100) == lm.perplexity(shipped, ids)  # more than there are: all
+    # windows=2 of 20: the first and the last window, each 128 predictions
+    first, last = lm.perplexity(shipped, ids[:129]), lm.perplexity(shipped, ids[19 * 128:])
+    assert lm.perplexity(shipped, ids, windows=2) == pytest.approx(math.sqrt(first * last), rel=1e-6)
+    with pytest.raises(ValueError, match="windows"):
+        lm.perplexity(shipped, ids, windows=0)
+
+
+def test_train_lm_keeps_masks_in_force():
+    import sparsekit as sk
+
+    small = lm.ByteLM(d_model=16, num_heads=2, num_layers=1, context=16)
+    names = small.block_linears()
+    gen = torch.Generator().manual_seed(0)
+    masks = {f"{n}.weight": torch.rand(small.get_submodule(n).weight.shape, generator=gen) > 0.5 for n in names}
+    sk.apply_masks(small, masks)
+    lm.train_lm(small, 5, warmup=1, progress=False)
+    for n in names:
+        assert (small.get_submodule(n).weight[~masks[f"{n}.weight"]] == 0).all()
+    assert not small.training

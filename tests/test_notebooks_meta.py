@@ -126,6 +126,8 @@ TAINT_SOURCES = {
     "instability", "apply_gradual_pruning", "make_pretrained",
     # evaluation of a model: float accumulation
     "evaluate", "accuracy", "sensitivity_scan",
+    # one-shot pruning and language models (sparsekit.posttrain, sparsekit.lm): float accumulation
+    "calibrate", "prune", "sparsegpt", "wanda_mask", "perplexity", "generate", "train_lm", "make_pretrained_lm",
     # timing
     "time_fn", "interleaved_times", "compare", "perf_counter", "monotonic", "process_time",
     "cuda_graph_time",

@@ -155,7 +155,9 @@ def _sequential_in_one_pass(model: nn.Module, stacked: Tensor, order: list[str],
             if weight_name(name) in masks:
                 return
             x = inputs[0].detach().reshape(-1, module.in_features).to(torch.float64)
-            stats = CalibrationStats(x.T @ x, x.shape[0])
+            # Wanda reads only diag(H): build the diagonal matrix in O(tokens * in), not O(tokens * in^2)
+            gram = torch.diag(x.square().sum(0)) if method == "wanda" else x.T @ x
+            stats = CalibrationStats(gram, x.shape[0])
             masks[weight_name(name)] = _apply(model, name, module, stats, method, sparsity, nm, bar)
         return prune_before_running
 
