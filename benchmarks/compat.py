@@ -1,0 +1,168 @@
+"""Compatibility check (issue 19): run ``tests/`` under the torch and numpy versions pip promises.
+
+For each environment below: a throwaway venv under /tmp, ``pip install`` of the pinned
+torch/numpy together with this repository (so pip resolves ``pyproject.toml``'s own floors
+against them) and the test tools, then ``tests/`` (unit tests; the notebooks are not run)
+with ``nice -n 10``; the venv is deleted afterwards. The table goes to stdout and to
+``benchmarks/results/compat.md``.
+
+Not in CI: torch's wheels on the package index are CUDA builds, 5-7 GB per environment
+with their NVIDIA libraries, and each suite takes minutes. ``make compat`` runs it;
+``--find-links DIR`` points pip at wheels downloaded beforehand (``pip download``).
+
+Environments: the declared floor (torch 2.5.1 + numpy 1.24), the kernels floor (torch 2.7.1,
+whose pinned triton 3.3 is what ``sparsekit[kernels]`` needs, with numpy < 2.4: Triton < 3.7's
+CPU interpreter fails with numpy 2.4) and the newest torch and numpy the index offers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "compat.md"
+
+ENVS: list[tuple[str, list[str]]] = [
+    ("floor: torch 2.5.1 + numpy 1.24", ["torch==2.5.1", "numpy==1.24.*"]),
+    ("kernels floor: torch 2.7.1 + numpy < 2.4", ["torch==2.7.1", "numpy<2.4"]),
+    ("newest torch and numpy", ["torch", "numpy"]),
+]
+TEST_TOOLS = ["pytest>=8", "hypothesis>=6", "PyYAML"]
+SUMMARY = re.compile(r"=+ (.*?) in [\d.]+s")
+
+
+def run(cmd: list[str], log: Path, **kw) -> int:
+    """Run ``cmd``, appending its output to ``log``; return the exit status."""
+    with log.open("a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, **kw).returncode
+
+
+def counts(summary: str) -> dict[str, int]:
+    """``"3 failed, 400 passed, 11 skipped"`` -> ``{"failed": 3, "passed": 400, "skipped": 11}``."""
+    return {k: int(n) for n, k in re.findall(r"(\d+) (\w+)", summary)}
+
+
+def causes(output: str, limit: int = 3) -> str:
+    """The most frequent failure messages of a pytest ``-rfE`` summary, with their counts."""
+    found: dict[str, int] = {}
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            msg = line.split(" - ", 1)[1] if " - " in line else line.split()[0]
+            msg = msg.strip()[:110]
+            found[msg] = found.get(msg, 0) + 1
+    top = sorted(found.items(), key=lambda kv: -kv[1])[:limit]
+    return "; ".join(f"{n} x `{m}`" for m, n in top) or "—"
+
+
+def skip_reasons(output: str, limit: int = 2) -> str:
+    """The skip reasons of a pytest ``-rs`` summary (``SKIPPED [n] file:line: reason``)."""
+    found: dict[str, int] = {}
+    for m in re.finditer(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$", output, flags=re.M):
+        found[m.group(2)[:120]] = found.get(m.group(2)[:120], 0) + int(m.group(1))
+    top = sorted(found.items(), key=lambda kv: -kv[1])[:limit]
+    return "; ".join(f"{n} x {r}" for r, n in top) or "—"
+
+
+def check(label: str, pins: list[str], find_links: list[str], logdir: Path, keep: bool) -> dict[str, str]:
+    """Build one throwaway environment, run ``tests/`` in it, return one row of the table."""
+    venv = Path(tempfile.mkdtemp(prefix="sparsekit-compat-"))
+    log = logdir / (re.sub(r"[^a-z0-9.]+", "_", label.lower()).strip("_") + ".log")
+    log.write_text("")
+    row = {"env": label, "torch": "?", "triton": "—", "numpy": "?", "result": "install failed",
+           "causes": "see " + log.name, "skips": "—", "time": "—"}
+    try:
+        py = venv / "bin" / "python"
+        if run([sys.executable, "-m", "venv", str(venv)], log):
+            return row
+        pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        pip += [f"--find-links={d}" for d in find_links]
+        start = time.perf_counter()
+        had_build = (ROOT / "build").exists()
+        try:
+            if run(pip + pins + [str(ROOT)] + TEST_TOOLS, log):
+                return row
+        finally:
+            if not had_build:  # setuptools builds the local project in place
+                shutil.rmtree(ROOT / "build", ignore_errors=True)
+        install_s = time.perf_counter() - start
+        probe = ("import importlib.metadata as m, torch, numpy\n"
+                 "try: t = m.version('triton')\nexcept m.PackageNotFoundError: t = '—'\n"
+                 "print(torch.__version__, t, numpy.__version__)")
+        out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True)
+        if out.returncode == 0:
+            row["torch"], row["triton"], row["numpy"] = out.stdout.split()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+        env.pop("SPARSEKIT_SEED_BASE", None)
+        start = time.perf_counter()
+        test = subprocess.run(["nice", "-n", "10", str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "-o", "addopts=", "-rfEs", "tests"], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        test_s = time.perf_counter() - start
+        with log.open("a") as fh:
+            fh.write(test.stdout + test.stderr)
+        summary = SUMMARY.findall(test.stdout)
+        c = counts(summary[-1]) if summary else {}
+        failed = c.get("failed", 0) + c.get("error", 0) + c.get("errors", 0)
+        row["result"] = f"{c.get('passed', 0)} / {failed} / {c.get('skipped', 0)}" if summary else "no summary"
+        row["causes"] = causes(test.stdout)
+        row["skips"] = skip_reasons(test.stdout)
+        row["time"] = f"{install_s:.0f} s + {test_s:.0f} s"
+        return row
+    finally:
+        if keep:
+            print(f"kept {venv}", file=sys.stderr)
+        else:
+            shutil.rmtree(venv, ignore_errors=True)
+
+
+def table(rows: list[dict[str, str]]) -> str:
+    """The Markdown table of the rows."""
+    lines = ["| environment | torch (its triton) | numpy | passed / failed / skipped | failures | skipped because "
+             "| install + tests |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['env']} | {r['torch']} ({r['triton']}) | {r['numpy']} | {r['result']} | {r['causes']} "
+                     f"| {r['skips']} | {r['time']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", type=int, action="append", help="run only environment i (0-based; repeatable)")
+    ap.add_argument("--find-links", action="append", default=[], help="extra wheel folder for pip (repeatable)")
+    ap.add_argument("--keep", action="store_true", help="keep the venvs (default: delete each after its run)")
+    ap.add_argument("--logs", default="/tmp/sparsekit-compat-logs", help="where each environment's log goes")
+    ap.add_argument("--out", default=str(RESULT), help="Markdown file for the table")
+    args = ap.parse_args(argv)
+    logdir = Path(args.logs)
+    logdir.mkdir(parents=True, exist_ok=True)
+    chosen = [ENVS[i] for i in args.only] if args.only else ENVS
+    rows = []
+    for label, pins in chosen:
+        print(f"== {label}: {' '.join(pins)}", flush=True)
+        rows.append(check(label, pins, args.find_links, logdir, args.keep))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    text = (f"# `make compat`: tests/ under the declared floors and the newest torch\n\n"
+            f"Measured {dt.date.today()} on {platform.machine()} CPU ({os.cpu_count()} cores), Python "
+            f"{platform.python_version()}; torch wheels from the package index (CUDA builds with their pinned "
+            f"triton; no GPU, so the Triton kernels run in the CPU interpreter). Failed includes errors.\n\n"
+            f"{table(rows)}\n")
+    print("\n" + table(rows))
+    Path(args.out).write_text(text)
+    ok = all(r["result"].split(" / ")[1:2] == ["0"] for r in rows)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
