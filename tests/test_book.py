@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,24 @@ def test_bad_name(name, err):
 def test_bad_display(display):
     with pytest.raises(TypeError, match="display"):
         book.glue("x", 1, display=display)
+
+
+# --- the chapters use it --------------------------------------------------------------------
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# Chapters not yet moved to sparsekit.book.glue and the plain Colab install (issue 19); the edit is
+# scripted (apply_nb_edits.py): run it on these, then empty this set.
+PENDING = {"01_unstructured.ipynb"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_chapter_glues_without_myst_nb(path):
+    """Colab needs no myst-nb (it pulls Sphinx) and keeps its ipywidgets: the chapter imports glue from
+    sparsekit.book and its setup cell installs plain sparsekit, no extra that brings more."""
+    if path.name in PENDING:
+        pytest.skip("not yet edited (issue 19)")
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    assert '"google.colab" in sys.modules' in cells[0]
+    assert 'f"sparsekit @ git+{REPO_URL}"' in cells[0], cells[0]
+    code = "\n".join(cells)
+    assert "myst_nb" not in code
+    assert "from sparsekit.book import glue" in code or "glue(" not in code

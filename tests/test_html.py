@@ -111,3 +111,14 @@ def test_one_citation_style():
 def test_no_design_doc_references():
     for name, page in _pages().items():
         assert "DESIGN" not in prose(page), f"{name}: points to DESIGN.md, which is not in the book"
+
+
+def test_closed_progress_bars_take_no_space():
+    """tqdm bars closed with leave=False are saved with ``visibility: hidden`` (a blank gap the
+    height of each bar); _static/book.css takes them out of the layout on every chapter page."""
+    site = _site()
+    css = (site / "_static" / "book.css").read_text()
+    assert re.search(r'\.widget-hbox\[style\*="visibility: hidden"\]\s*\{\s*display:\s*none', css), css
+    for name, page in _pages().items():
+        if name.startswith("notebooks/"):
+            assert "_static/book.css" in page, f"{name}: book.css not linked"
