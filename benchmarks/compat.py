@@ -75,28 +75,48 @@ def skip_reasons(output: str, limit: int = 2) -> str:
     return "; ".join(f"{n} x {r}" for r, n in top) or "—"
 
 
-def check(label: str, pins: list[str], find_links: list[str], logdir: Path, keep: bool) -> dict[str, str]:
-    """Build one throwaway environment, run ``tests/`` in it, return one row of the table."""
-    venv = Path(tempfile.mkdtemp(prefix="sparsekit-compat-"))
+def install(venv: Path, pins: list[str], find_links: list[str], log: Path) -> float | None:
+    """Create ``venv`` with the pins, this repository and the test tools; seconds taken, or None."""
+    start = time.perf_counter()
+    if run([sys.executable, "-m", "venv", str(venv)], log):
+        return None
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    pip += [f"--find-links={d}" for d in find_links]
+    had_build = (ROOT / "build").exists()
+    try:
+        if run(pip + pins + [str(ROOT)] + TEST_TOOLS, log):
+            return None
+    finally:
+        if not had_build:  # setuptools builds the local project in place
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
+    seconds = time.perf_counter() - start
+    (venv / ".compat-installed").write_text(f"{seconds:.0f}")
+    return seconds
+
+
+def check(index: int, find_links: list[str], logdir: Path, keep: bool, install_only: bool = False) -> dict[str, str]:
+    """Build environment ``index`` (or reuse one built by ``--install-only``), run ``tests/`` in it,
+    return one row of the table."""
+    label, pins = ENVS[index]
+    venv = Path(tempfile.gettempdir()) / f"sparsekit-compat-{index}"
     log = logdir / (re.sub(r"[^a-z0-9.]+", "_", label.lower()).strip("_") + ".log")
-    log.write_text("")
     row = {"env": label, "torch": "?", "triton": "—", "numpy": "?", "result": "install failed",
            "causes": "see " + log.name, "skips": "—", "time": "—"}
+    marker = venv / ".compat-installed"
     try:
         py = venv / "bin" / "python"
-        if run([sys.executable, "-m", "venv", str(venv)], log):
-            return row
-        pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        pip += [f"--find-links={d}" for d in find_links]
-        start = time.perf_counter()
-        had_build = (ROOT / "build").exists()
-        try:
-            if run(pip + pins + [str(ROOT)] + TEST_TOOLS, log):
+        if marker.exists():
+            install_s = float(marker.read_text())
+        else:
+            shutil.rmtree(venv, ignore_errors=True)
+            log.write_text("")
+            install_s = install(venv, pins, find_links, log)
+            if install_s is None:
                 return row
-        finally:
-            if not had_build:  # setuptools builds the local project in place
-                shutil.rmtree(ROOT / "build", ignore_errors=True)
-        install_s = time.perf_counter() - start
+        if install_only:
+            keep = True
+            row["result"], row["time"] = "installed", f"{install_s:.0f} s"
+            return row
         probe = ("import importlib.metadata as m, torch, numpy\n"
                  "try: t = m.version('triton')\nexcept m.PackageNotFoundError: t = '—'\n"
                  "print(torch.__version__, t, numpy.__version__)")
@@ -142,17 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", type=int, action="append", help="run only environment i (0-based; repeatable)")
     ap.add_argument("--find-links", action="append", default=[], help="extra wheel folder for pip (repeatable)")
     ap.add_argument("--keep", action="store_true", help="keep the venvs (default: delete each after its run)")
+    ap.add_argument("--install-only", action="store_true",
+                    help="only build the venvs (kept; a later run without this flag tests and deletes them)")
     ap.add_argument("--logs", default="/tmp/sparsekit-compat-logs", help="where each environment's log goes")
     ap.add_argument("--out", default=str(RESULT), help="Markdown file for the table")
     args = ap.parse_args(argv)
     logdir = Path(args.logs)
     logdir.mkdir(parents=True, exist_ok=True)
-    chosen = [ENVS[i] for i in args.only] if args.only else ENVS
+    chosen = args.only if args.only else range(len(ENVS))
     rows = []
-    for label, pins in chosen:
-        print(f"== {label}: {' '.join(pins)}", flush=True)
-        rows.append(check(label, pins, args.find_links, logdir, args.keep))
+    for i in chosen:
+        print(f"== {ENVS[i][0]}: {' '.join(ENVS[i][1])}", flush=True)
+        rows.append(check(i, args.find_links, logdir, args.keep, args.install_only))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
+    if args.install_only:
+        return 0
     text = (f"# `make compat`: tests/ under the declared floors and the newest torch\n\n"
             f"Measured {dt.date.today()} on {platform.machine()} CPU ({os.cpu_count()} cores), Python "
             f"{platform.python_version()}; torch wheels from the package index (CUDA builds with their pinned "
