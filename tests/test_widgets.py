@@ -92,7 +92,10 @@ def shell():
     """An IPython shell, so ``display`` works as in a kernel (ipywidgets 7 calls back first on display)."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    return InteractiveShell.instance()
+    had = InteractiveShell.initialized()
+    yield InteractiveShell.instance()
+    if not had:  # leave no shell behind for other tests (get_ipython() is None again)
+        InteractiveShell.clear_instance()
 
 
 CASES = [(p, i) for p in NOTEBOOKS for i in range(len(_interact_calls(_code(json.loads(p.read_text())))))]
