@@ -42,7 +42,7 @@ ENVS: list[tuple[str, list[str]]] = [
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6", "PyYAML", "pytest-timeout"]
 TEST_TIMEOUT_S = 900
 """per test: a hang (torch 2.5's Gloo can deadlock in destroy_process_group) fails that test, not the run"""
-SUMMARY = re.compile(r"=+ (.*?) in [\d.]+s")
+SUMMARY = re.compile(r"^(?:=+ )?(\d+ \w+.*?) in [\d.]+s", flags=re.M)
 
 
 def run(cmd: list[str], log: Path, **kw) -> int:
