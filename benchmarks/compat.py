@@ -59,13 +59,15 @@ def counts(summary: str) -> dict[str, int]:
 
 
 def causes(output: str, limit: int = 3) -> str:
-    """The most frequent failure messages of a pytest ``-rfE`` summary, with their counts."""
+    """The most frequent (test file, message) pairs of a pytest ``-rfE`` summary, with their counts."""
     found: dict[str, int] = {}
     for line in output.splitlines():
         if line.startswith(("FAILED ", "ERROR ")):
-            msg = line.split(" - ", 1)[1] if " - " in line else line.split()[0]
-            msg = msg.strip()[:110]
-            found[msg] = found.get(msg, 0) + 1
+            kind, rest = line.split(" ", 1)
+            where = rest.split("::", 1)[0]
+            msg = rest.split(" - ", 1)[1].strip()[:90] if " - " in rest else kind.lower()
+            key = f"{where}: {msg}"
+            found[key] = found.get(key, 0) + 1
     top = sorted(found.items(), key=lambda kv: -kv[1])[:limit]
     return "; ".join(f"{n} x `{m}`" for m, n in top) or "—"
 
@@ -127,7 +129,7 @@ def check(index: int, find_links: list[str], logdir: Path, keep: bool, install_o
         out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True)
         if out.returncode == 0:
             row["torch"], row["triton"], row["numpy"] = out.stdout.split()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "240"}
         env.pop("SPARSEKIT_SEED_BASE", None)
         start = time.perf_counter()
         proc = subprocess.Popen(["nice", "-n", "10", str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider",
