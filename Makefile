@@ -64,8 +64,8 @@ bench: $(STAMP)
 dist: $(STAMP)
 	$(BIN)/torchrun --standalone --nproc-per-node 2 benchmarks/dist_prune.py
 
-# tests/ under the declared floors (torch 2.5.1 + numpy 1.24; torch 2.7.1 + numpy < 2.4 for the
-# kernels) and the newest torch, each in a throwaway venv under /tmp (CUDA wheels, 5-7 GB each,
+# tests/ under the declared floors (torch 2.7.1 + numpy 1.24; torch 2.7.1 + numpy < 2.4 for the
+# kernels' CPU interpreter) and the newest torch, each in a throwaway venv under /tmp (CUDA wheels, 5-7 GB each,
 # deleted after its run); writes benchmarks/results/compat.md. Not part of `make test` nor CI.
 # COMPAT_ARGS="--only 0 --find-links DIR" runs one environment from pre-downloaded wheels.
 compat: $(STAMP)
