@@ -41,7 +41,7 @@ ENVS: list[tuple[str, list[str]]] = [
     ("newest torch and numpy", ["torch", "numpy"]),
 ]
 # torch 2.5.1 + numpy 1.24, the floor first declared, passed everything but tests/test_distributed.py,
-# which hung in 3 of 9 runs: Gloo's process-group destructor holds the GIL while it joins a worker
+# which hung in 3 of 8 runs: Gloo's process-group destructor holds the GIL while it joins a worker
 # thread that needs it (destroy_process_group). torch 2.7.1 ran it 7 times without a hang, and its
 # triton (3.3) is what the kernels need anyway: the floor is torch 2.7.
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6", "PyYAML", "pytest-timeout"]
