@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NB ?= notebooks/*.ipynb
 
-.PHONY: book test unit notebooks execute robust lint bench dist clean venv lm-weights
+.PHONY: book test unit notebooks execute robust lint bench dist compat clean venv lm-weights
 
 venv: $(STAMP)
 
@@ -22,10 +22,13 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "book: open _build/html/index.html"
 
-# Every test: unit + property tests, every notebook under strict nbval, and the book build.
+# Every test: unit + property tests, every notebook under strict nbval, the book build from
+# scratch (autodoc reads this checkout's sparsekit) and checks on its HTML (tests/test_html.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	rm -rf _build
+	PYTHONPATH=$(CURDIR) $(BIN)/jupyter-book build . -W -n --keep-going
+	SPARSEKIT_BOOK_HTML=_build/html $(BIN)/python -m pytest -o addopts="-p no:cacheprovider" tests/test_html.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests
@@ -65,6 +68,13 @@ bench: $(STAMP)
 # Distributed selection and calibration on two gloo processes (chapter 8); writes benchmarks/results/dist_cpu.md.
 dist: $(STAMP)
 	$(BIN)/torchrun --standalone --nproc-per-node 2 benchmarks/dist_prune.py
+
+# tests/ under the declared floors (torch 2.7.1 + numpy 1.24; torch 2.7.1 + numpy < 2.4 for the
+# kernels' CPU interpreter) and the newest torch, each in a throwaway venv under /tmp (CUDA wheels, 5-7 GB each,
+# deleted after its run); writes benchmarks/results/compat.md. Not part of `make test` nor CI.
+# COMPAT_ARGS="--only 0 --find-links DIR" runs one environment from pre-downloaded wheels.
+compat: $(STAMP)
+	$(BIN)/python benchmarks/compat.py $(COMPAT_ARGS)
 
 clean:
 	rm -rf _build

@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 
 # Chapter modules, ``synthetic`` and ``viz`` (matplotlib), imported on first attribute access.
 _LAZY_MODULES = (
-    "batchnorm",
+    "batchnorm", "book",
     "at_init", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm", "nm_training",
     "permutation", "posttrain", "pretrained", "structured", "synthetic", "unstructured", "viz",
 )

@@ -16,8 +16,8 @@ only wins above a *crossover sparsity*. On this book's 2-core AVX-512 CPU (torch
 MKL, a ``[4096 x 4096]`` weight times a ``[4096 x 256]`` input, quiet machine) CSR broke
 even with dense at about 90 % zeros (1.2-1.4x at 92 %, 1.7-2.0x at 95 %). BSR on a mask
 of empty ``32 x 32`` tiles broke even at about 62-65 % empty tiles (1.1-1.3x at 70 %,
-2.6-3.3x at 90 %, transposing the input and adding the bias included), *when stored in
-``8 x 8`` blocks*: MKL's BSR kernel is much faster with small blocks, and the bare
+2.6-3.3x at 90 %, transposing the input and adding the bias included), **when stored in
+8 x 8 blocks**: MKL's BSR kernel is much faster with small blocks, and the bare
 product at 90 % ran 2.3x faster than dense with ``32 x 32`` storage blocks, 2.6x with
 ``16 x 16``, 3.9x with ``8 x 8`` and 3.6x with ``4 x 4``. A mask's blocks and the storage's
 blocks are separate choices. Chapter 1 re-measures the crossovers;

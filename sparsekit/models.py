@@ -8,7 +8,7 @@ sized for MNIST-1D on a laptop CPU.
 * :class:`TinyTransformer` — a pre-norm Transformer encoder over patches of the
   sequence, with explicit per-head q/k/v/out projections so heads can be pruned.
 
-All are plain ``nn.Module``s that ``torch.fx`` can trace.
+All are plain ``nn.Module`` subclasses that ``torch.fx`` can trace.
 """
 
 from __future__ import annotations
