@@ -65,19 +65,26 @@ BSR_MIN_BLOCK_SPARSITY = 0.70
 measured ~62-65 % crossover); other batches: :data:`CROSSOVERS`."""
 
 CROSSOVERS: dict[int, tuple[float, float]] = {
-    1: (0.65, 0.60),
+    1: (0.87, 0.70),
     8: (0.45, 0.45),
     64: (0.78, 0.65),
     256: (CSR_MIN_SPARSITY, BSR_MIN_BLOCK_SPARSITY),
 }
 """``{input rows: (CSR minimum sparsity, BSR minimum block sparsity)}`` of ``"auto"``.
 
-Measured on this book's 2-core AMD EPYC / Intel Xeon (torch 2.13, MKL, float32, 2 threads,
-a ``[4096 x 4096]`` weight; ``benchmarks/bench_execute.py``), with a margin above the
-break-even points so that a sparse pick is a clear win. Batch 8 is an outlier: MKL's dense
-product with 2-16 rows runs far below the byte roofline on this CPU (at 8 rows about 6x the
-time of 1 row), so CSR wins there already at 50 %. Between the measured batches the
-thresholds are interpolated linearly in ``log2(rows)``; outside they are held constant."""
+Measured on this book's shared 2-core AMD EPYC (torch 2.13, MKL, float32, 2 threads for dense,
+small sparse products on one thread as :func:`sparse_threads` says; a ``[4096 x 4096]``
+weight; ``benchmarks/bench_execute.py``), near the break-even points, so that either choice is
+within ~10 % of the faster one there. Batch 1: the one-thread CSR kernel reads memory less
+efficiently than dense MKL streams it, so it needs about 87 % zeros although the byte-ratio
+bound allows gains from 50 %. Batches 2-16: MKL's dense product of a few rows runs far below the
+byte roofline on this CPU (8 rows take 3-6x the time of 1), so CSR wins from 50 % or less.
+Batch 256: arithmetic-bound, CSR from about 88 %. Between the measured batches the thresholds
+are interpolated linearly in ``log2(rows)``; outside they are held constant."""
+
+SINGLE_THREAD_WORK = 1 << 23
+"""Sparse products with at most this many multiply-adds (stored values x input rows) run on one
+thread (:func:`sparse_threads`)."""
 
 BSR_BLOCKSIZE = (8, 8)
 """Default BSR block shape (rows, columns) *of the storage*, not of the mask: MKL's BSR
@@ -295,7 +302,7 @@ def choose_layout(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE, *, b
                   min_numel: int = AUTO_MIN_NUMEL) -> str:
     """The layout ``"auto"`` picks for ``weight`` times ``batch`` input rows: ``"bsr"``, ``"csr"`` or ``"dense"``.
 
-    ``batch`` defaults to 256, the regime where CSR needs about 93 % zeros
+    ``batch`` defaults to 256, the regime where CSR needs about 88 % zeros
     (:data:`CSR_MIN_SPARSITY`); at batch 1 it needs far fewer (:data:`CROSSOVERS`). The rule
     and the reason for a decision: :func:`explain_layout`.
     """
@@ -322,14 +329,14 @@ def _plan(st: WeightStats, csr_t: float | None, bsr_t: float | None, min_numel: 
 
 
 def describe_plan(plan: Sequence[str]) -> str:
-    """A plan (:func:`layout_plan`) in words: ``"csr for 1-40 rows, dense for 41+"``."""
+    """A plan (:func:`layout_plan`) in words: ``"dense for 1 row, csr for 2-40 rows, dense for 41+ rows"``."""
     parts, start = [], 1
     for rows in range(2, len(plan) + 1):
         if rows == len(plan) or plan[rows] != plan[start]:
             end = rows - 1
             last = rows == len(plan)
             span = f"{start}+" if last else (f"{start}" if start == end else f"{start}-{end}")
-            parts.append(f"{plan[start]} for {span} rows")
+            parts.append(f"{plan[start]} for {span} {'row' if span == '1' else 'rows'}")
             start = rows
     return ", ".join(parts)
 
@@ -397,11 +404,38 @@ def sparse_matmul(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tens
     if flat.shape[0] == 0:
         return x.new_zeros(*lead, out_features)
     xt = flat.T.contiguous()
-    if bias is None:
-        yt = torch.sparse.mm(weight, xt)
-    else:
-        yt = torch.addmm(bias.unsqueeze(1).expand(out_features, xt.shape[1]), weight, xt)
+    threads = torch.get_num_threads()
+    one = sparse_threads(weight, flat.shape[0]) == 1 and threads > 1
+    if one:
+        torch.set_num_threads(1)
+    try:
+        if bias is None:
+            yt = torch.sparse.mm(weight, xt)
+        else:
+            yt = torch.addmm(bias.unsqueeze(1).expand(out_features, xt.shape[1]), weight, xt)
+    finally:
+        if one:
+            torch.set_num_threads(threads)
     return yt.T.contiguous().reshape(*lead, out_features)
+
+
+def sparse_threads(weight: Tensor, rows: int) -> int | None:
+    """``1`` when :func:`sparse_matmul` runs a sparse ``weight`` times ``rows`` rows on one thread,
+    else ``None`` (torch's thread count).
+
+    A sparse product of at most :data:`SINGLE_THREAD_WORK` multiply-adds (stored values x rows)
+    takes well under a few milliseconds. Split over threads, each call must wake the others;
+    on a busy machine that wait can be the whole cost (on this book's shared 2-core EPYC, a
+    95 % CSR weight times one row ran at 0.5-0.7x dense on two threads, 2.7-3.0x on one). So
+    small products run on one thread, and the layout thresholds (:data:`CROSSOVERS`) are
+    measured with this policy. Set ``SINGLE_THREAD_WORK = 0`` to always use every thread.
+    """
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a Tensor, got {type(weight).__name__}")
+    rows = _validate.integer(rows, "rows", low=0)
+    if weight.layout not in (torch.sparse_csr, torch.sparse_bsr):
+        return None
+    return 1 if weight.values().numel() * rows <= SINGLE_THREAD_WORK else None
 
 
 _ORDER = ("dense", "csr", "bsr")

@@ -290,25 +290,25 @@ def _weight(shape, sparsity, seed=0, block=None):
 
 
 def test_choose_layout_depends_on_the_batch():
-    w = _weight((1024, 1024), 0.75)  # above the batch-1 CSR threshold, below batch 64's and 256's
-    assert ex.choose_layout(w, batch=1) == "csr"
+    w = _weight((1024, 1024), 0.75)  # above the batch-8 CSR threshold, below those of 1, 64 and 256
+    assert ex.choose_layout(w, batch=8) == "csr"
     assert ex.choose_layout(w, batch=256) == "dense" == ex.choose_layout(w)  # default: batch 256
-    assert ex.choose_layout(w, batch=64) == "dense"
-    assert ex.to_layout(w, "auto", batch=1).layout == torch.sparse_csr
+    assert ex.choose_layout(w, batch=1) == "dense" == ex.choose_layout(w, batch=64)
+    assert ex.to_layout(w, "auto", batch=8).layout == torch.sparse_csr
     assert ex.to_layout(w, "auto").layout == torch.strided
     # explicit thresholds hold for every batch
-    assert ex.choose_layout(w, batch=1, csr_min_sparsity=0.8) == "dense"
+    assert ex.choose_layout(w, batch=8, csr_min_sparsity=0.8) == "dense"
     assert ex.choose_layout(w, batch=256, csr_min_sparsity=0.7) == "csr"
 
 
 def test_explain_layout_gives_the_numbers_and_the_reason():
     w = _weight((1024, 1024), 0.75)
-    c = ex.explain_layout(w, 1)
-    csr_t, bsr_t = ex.crossovers(1)
-    assert (c.layout, c.batch, c.csr_min_sparsity, c.bsr_min_block_sparsity) == ("csr", 1, csr_t, bsr_t)
+    c = ex.explain_layout(w, 8)
+    csr_t, bsr_t = ex.crossovers(8)
+    assert (c.layout, c.batch, c.csr_min_sparsity, c.bsr_min_block_sparsity) == ("csr", 8, csr_t, bsr_t)
     assert c.sparsity == 0.75 and c.block_sparsity == 0.0  # random 75 %: no empty 8 x 8 block
     assert set(c.costs) == {"csr"} and c.costs["csr"] == pytest.approx(0.25 / (1 - csr_t))
-    assert c.reason.startswith("batch 1: 75.0% zeros >= CSR threshold") and c.reason.endswith(")")
+    assert c.reason.startswith("batch 8: 75.0% zeros >= CSR threshold") and c.reason.endswith(")")
     assert "-> csr" in c.reason
     d = ex.explain_layout(w, 256)
     assert d.layout == "dense" and d.costs == {} and d.reason.endswith("-> dense")
@@ -325,10 +325,14 @@ def test_layout_plan_and_its_description():
     plan = ex.layout_plan(w)
     assert len(plan) == ex.PLAN_ROWS + 1 and plan[0] == plan[1]
     assert all(plan[r] == ex.choose_layout(w, batch=r) for r in range(1, ex.PLAN_ROWS + 1))
-    # CSR for small batches, dense from some row count on, never back
-    switch = plan.index("dense")
-    assert 8 < switch <= 64 and set(plan[:switch]) == {"csr"} and set(plan[switch:]) == {"dense"}
-    assert ex.describe_plan(plan) == f"csr for 1-{switch - 1} rows, dense for {switch}+ rows"
+    # dense for one row, CSR for a few rows, dense from some row count on, never back
+    first, last = plan.index("csr"), ex.PLAN_ROWS - plan[::-1].index("csr")
+    assert 1 < first <= 8 < last <= 64 and set(plan[first:last + 1]) == {"csr"}
+    assert set(plan[1:first]) == set(plan[last + 1:]) == {"dense"}
+    span = f"{first}" if first == 2 and first == last else f"{first}-{last}"
+    want = ("dense for 1 row" if first == 2 else f"dense for 1-{first - 1} rows") + \
+        f", csr for {span} rows, dense for {last + 1}+ rows"
+    assert ex.describe_plan(plan) == want
     assert ex.describe_plan(ex.layout_plan(torch.zeros(8, 8))) == "dense for 1+ rows"
     assert ex.layout_plan(w, csr_min_sparsity=0.5) == ("csr",) * (ex.PLAN_ROWS + 1)
 
@@ -341,14 +345,15 @@ def test_batch_aware_sparse_linear_keeps_both_layouts_and_dispatches_on_rows(mon
     plan = ex.layout_plan(lin.weight.detach())
     assert sl.layout == "auto" and sl.stored == ("dense", "csr") and sl.plan == plan
     assert set(sl.state_dict()) == {"dense", "values", "col_indices", "crow_indices", "bias"}
-    assert "plan: csr for 1-" in repr(sl)
+    assert "plan: dense for 1 row, csr for 2-" in repr(sl)
     used = []
     real = ex.sparse_matmul
     monkeypatch.setattr(ex, "sparse_matmul", lambda w, x, b=None: used.append(w.layout) or real(w, x, b))
     # [batch, seq, features]: rows = batch * seq; decoding one token is 1 row
-    for shape, layout in [((1, 1, 1024), torch.sparse_csr), ((1024,), torch.sparse_csr),
-                          ((2, 3, 1024), torch.sparse_csr), ((4, 64, 1024), torch.strided),
-                          ((2, 300, 1024), torch.strided), ((0, 5, 1024), torch.sparse_csr)]:
+    for shape, layout in [((1, 1, 1024), torch.strided), ((1024,), torch.strided),
+                          ((2, 3, 1024), torch.sparse_csr), ((1, 8, 1024), torch.sparse_csr),
+                          ((4, 64, 1024), torch.strided), ((2, 300, 1024), torch.strided),
+                          ((0, 5, 1024), torch.strided)]:
         x = torch.randn(*shape)
         used.clear()
         with torch.no_grad():
@@ -356,11 +361,11 @@ def test_batch_aware_sparse_linear_keeps_both_layouts_and_dispatches_on_rows(mon
             torch.testing.assert_close(y, lin(x), rtol=1e-4, atol=1e-4)
         assert used == [layout], shape
         assert y.shape == (*shape[:-1], 512)
-    assert sl.layout_for(1) == "csr" and sl.layout_for(256) == "dense" and sl.layout_for(10**6) == "dense"
+    assert sl.layout_for(8) == "csr" and sl.layout_for(256) == "dense" and sl.layout_for(10**6) == "dense"
     assert sl.weight.layout == torch.sparse_csr and sl.weight_for(300).layout == torch.strided
     assert torch.equal(sl.dense_weight(), lin.weight.detach())
     clone = copy.deepcopy(sl)
-    x = torch.randn(1, 1024)
+    x = torch.randn(8, 1024)
     assert torch.equal(clone(x), sl(x))
 
 
@@ -383,12 +388,12 @@ def test_batch_aware_layer_with_csr_and_bsr_names_the_buffers_apart(monkeypatch)
 
 def test_fixed_batch_stores_one_layout():
     w = _weight((1024, 1024), 0.75)
-    assert ex.SparseLinear(w, None, "auto", batch=1).layout == "csr"
+    assert ex.SparseLinear(w, None, "auto", batch=8).layout == "csr"
     assert ex.SparseLinear(w, None, "auto", batch=256).layout == "dense"
     lin = nn.Linear(1024, 1024)
     with torch.no_grad():
         lin.weight.copy_(w)
-    assert ex.sparse_linear(lin, "auto", batch=1).stored == ("csr",)
+    assert ex.sparse_linear(lin, "auto", batch=8).stored == ("csr",)
 
 
 def test_to_sparse_batch_aware_on_a_model_with_3d_inputs():
@@ -398,14 +403,47 @@ def test_to_sparse_batch_aware_on_a_model_with_3d_inputs():
                            "2.weight": synthetic.unstructured_mask((512, 1024), 0.97)})
     fast = ex.to_sparse(model)
     assert ex.layouts(fast) == {"0": "auto", "2": "csr"}
-    assert ex.layouts(fast, rows=1) == {"0": "csr", "2": "csr"}
+    assert ex.layouts(fast, rows=1) == {"0": "dense", "2": "csr"}  # decoding one token
+    assert ex.layouts(fast, rows=8) == {"0": "csr", "2": "csr"}
     assert ex.layouts(fast, rows=256) == {"0": "dense", "2": "csr"}
-    for shape in [(1, 1, 512), (4, 64, 512)]:
+    for shape in [(1, 1, 512), (2, 4, 512), (4, 64, 512)]:
         x = torch.randn(*shape)
         with torch.no_grad():
             torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
     fixed = ex.to_sparse(model, batch=256)
     assert ex.layouts(fixed) == {"0": "dense", "2": "csr"}
+
+
+def test_small_sparse_products_run_on_one_thread_and_restore_the_count(monkeypatch):
+    w = _weight((256, 256), 0.9)
+    csr = ex.to_layout(w, "csr")
+    nnz = csr.values().numel()
+    assert ex.sparse_threads(w, 1) is None  # dense: torch's own threading
+    assert ex.sparse_threads(csr, ex.SINGLE_THREAD_WORK // nnz) == 1
+    assert ex.sparse_threads(csr, ex.SINGLE_THREAD_WORK // nnz + 1) is None
+    seen = []
+    real_mm = torch.sparse.mm
+    monkeypatch.setattr(torch.sparse, "mm", lambda a, b: seen.append(torch.get_num_threads()) or real_mm(a, b))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(3, 256)
+        torch.testing.assert_close(ex.sparse_matmul(csr, x), x @ w.T, rtol=1e-5, atol=1e-5)
+        assert seen == [1] and torch.get_num_threads() == 2
+        monkeypatch.setattr(ex, "SINGLE_THREAD_WORK", 0)
+        ex.sparse_matmul(csr, x)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        monkeypatch.setattr(torch.sparse, "mm", lambda a, b: 1 / 0)
+        monkeypatch.setattr(ex, "SINGLE_THREAD_WORK", 1 << 23)
+        with pytest.raises(ZeroDivisionError):
+            ex.sparse_matmul(csr, x)
+        assert torch.get_num_threads() == 2  # restored after an error too
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="rows must be a non-negative int, got -1"):
+        ex.sparse_threads(csr, -1)
+    with pytest.raises(TypeError, match="weight must be a Tensor, got list"):
+        ex.sparse_threads([1], 1)
 
 
 def test_batch_argument_errors():
