@@ -12,7 +12,7 @@ Targets: in every cell ``auto`` runs at >= 0.9x the speed of the fastest of dens
 BSR; and (issue 3, batch 256) 95 % unstructured >= 1.8x dense, 90 % tiles >= 3x, 50 %
 unstructured >= 0.9x dense.
 
-    python benchmarks/bench_execute.py [--repeats 7] [--batches 1,8,64,256] [--check]
+    python benchmarks/bench_execute.py [--repeats 9] [--batches 1,8,64,256] [--check]
 
 Prints markdown tables and writes them to ``benchmarks/results/execute_cpu.md``. Sparse
 kernels suffer more from a busy machine than dense GEMM (at batch 1 with 2 threads on an
@@ -71,8 +71,14 @@ def run_weight(kind: str, sparsity: float, batches: list[int], repeats: int) -> 
             for name, layer in layers.items():  # same function, whatever the layout
                 torch.testing.assert_close(layer(x), ref, rtol=1e-4, atol=1e-3, msg=f"{name} differs")
         inner = max(1, 16 // batch)  # short products: average a few back-to-back calls
-        times = sk.bench.interleaved_times({k: (lambda layer=layer, x=x: layer(x)) for k, layer in layers.items()},
-                                           warmup=2, repeats=repeats, inner=inner)
+        fns = {k: (lambda layer=layer, x=x: layer(x)) for k, layer in layers.items()}
+        sk.bench.interleaved_times(fns, warmup=2, repeats=1, inner=inner)  # warm-up
+        times = {k: [] for k in LAYERS}
+        for r in range(repeats):  # round-robin, the order rotated every round (no position bias)
+            order = LAYERS[r % len(LAYERS):] + LAYERS[:r % len(LAYERS)]
+            for k, v in sk.bench.interleaved_times({k: fns[k] for k in order}, warmup=0, repeats=1,
+                                                   inner=inner).items():
+                times[k] += v
         med = {k: statistics.median(v) for k, v in times.items()}
         # paired: the ratio within each round (the four calls ran back to back), then the median
         speed = {k: statistics.median(d / t for d, t in zip(times["dense"], times[k])) for k in LAYERS}
@@ -94,7 +100,7 @@ def matrix(rows: list[dict], kind: str, batches: list[int], cell) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "execute_cpu.md")

@@ -65,7 +65,7 @@ BSR_MIN_BLOCK_SPARSITY = 0.70
 measured ~62-65 % crossover); other batches: :data:`CROSSOVERS`."""
 
 CROSSOVERS: dict[int, tuple[float, float]] = {
-    1: (0.87, 0.70),
+    1: (0.85, 0.70),
     8: (0.45, 0.45),
     64: (0.78, 0.65),
     256: (CSR_MIN_SPARSITY, BSR_MIN_BLOCK_SPARSITY),
@@ -76,7 +76,7 @@ Measured on this book's shared 2-core AMD EPYC (torch 2.13, MKL, float32, 2 thre
 small sparse products on one thread as :func:`sparse_threads` says; a ``[4096 x 4096]``
 weight; ``benchmarks/bench_execute.py``), near the break-even points, so that either choice is
 within ~10 % of the faster one there. Batch 1: the one-thread CSR kernel reads memory less
-efficiently than dense MKL streams it, so it needs about 87 % zeros although the byte-ratio
+efficiently than dense MKL streams it, so it needs about 85 % zeros although the byte-ratio
 bound allows gains from 50 %. Batches 2-16: MKL's dense product of a few rows runs far below the
 byte roofline on this CPU (8 rows take 3-6x the time of 1), so CSR wins from 50 % or less.
 Batch 256: arithmetic-bound, CSR from about 88 %. Between the measured batches the thresholds
