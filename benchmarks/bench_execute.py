@@ -84,8 +84,10 @@ def run_weight(kind: str, sparsity: float, batches: list[int], repeats: int) -> 
         speed = {k: statistics.median(d / t for d, t in zip(times["dense"], times[k])) for k in LAYERS}
         best = max(("dense", "csr", "bsr"), key=speed.__getitem__)
         ratio = statistics.median(t_best / t_auto for t_best, t_auto in zip(times[best], times["auto"]))
+        picks = layers["auto"].layout_for(batch)
         rows.append({"kind": kind, "sparsity": sparsity, "batch": batch, "dense_ms": med["dense"] * 1e3,
-                     "speed": speed, "best": best, "picks": layers["auto"].layout_for(batch), "ratio": ratio})
+                     "speed": speed, "best": best, "picks": picks, "ratio": ratio,
+                     "pick_ratio": speed[picks] / speed[best]})
     return rows
 
 
@@ -142,16 +144,22 @@ def main() -> int:
                                                                             lambda r: f"{r['speed']['csr']:.2f}x"),
              "\n## `auto`: its pick and its speed relative to the fastest layout (target >= 0.9)\n",
              *matrix(rows, "unstructured", batches, lambda r: f"{r['picks']} {r['ratio']:.2f}"),
+             "\n(Cell: the layout `auto` picks for that batch, and `auto`'s measured speed / the fastest layout's.)",
              "\n## Every cell\n",
-             "| mask | sparsity | batch | dense ms | CSR | BSR | fastest | auto picks | auto | auto / fastest | ok |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---|"]
+             "| mask | sparsity | batch | dense ms | CSR | BSR | fastest | auto picks | auto | auto / fastest "
+             "| its pick's own column / fastest | ok |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|"]
     for r in rows:
         sp = r["speed"]
         parts.append(f"| {r['kind']} | {r['sparsity']:.0%} | {r['batch']} | {r['dense_ms']:.2f} | "
                      f"{sp['csr']:.2f}x | {sp['bsr']:.2f}x | {r['best']} | {r['picks']} | {sp['auto']:.2f}x | "
-                     f"{r['ratio']:.2f} | {'yes' if r['ratio'] >= WITHIN else 'NO'} |")
-    parts.append(f"\n{len(rows) - sum(r['ratio'] < WITHIN for r in rows)} of {len(rows)} cells within "
-                 f"{WITHIN}x of the fastest layout." + (f" Missed: {'; '.join(failed)}." if failed else ""))
+                     f"{r['ratio']:.2f} | {r['pick_ratio']:.2f} | {'yes' if r['ratio'] >= WITHIN else 'NO'} |")
+    n_ok = len(rows) - sum(r["ratio"] < WITHIN for r in rows)
+    n_pick = len(rows) - sum(r["pick_ratio"] < WITHIN for r in rows)
+    parts.append(f"\n`auto` measured itself within {WITHIN}x of the fastest layout in {n_ok} of {len(rows)} cells; "
+                 f"the layout it picks, read from that layout's own column, is within {WITHIN}x in {n_pick} of "
+                 f"{len(rows)} (a gap between the two is timing noise between two copies of the same kernel)."
+                 + (f" Missed: {'; '.join(failed)}." if failed else ""))
     text = "\n".join(parts) + "\n"
     print("\n" + text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
