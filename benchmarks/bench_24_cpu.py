@@ -50,6 +50,22 @@ def matvec_24(values: torch.Tensor, meta: torch.Tensor, x: torch.Tensor) -> torc
     return (values * x[group_start + within]).sum(-1)
 
 
+def matvec_24_select(values: torch.Tensor, meta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The same product without a gather: each kept value's input is *selected* from its group's
+    four inputs with ``torch.where`` (elementwise, so Inductor can vectorize it)."""
+    n, half = values.shape
+    groups = half // 2
+    m = meta.to(torch.int32)
+    nibbles = torch.stack([m & 15, m >> 4], dim=-1).reshape(n, groups)
+    x4 = x.view(groups, 4)
+    v = values.view(n, groups, 2)
+
+    def pick(i: torch.Tensor) -> torch.Tensor:
+        return torch.where(i == 0, x4[:, 0], torch.where(i == 1, x4[:, 1], torch.where(i == 2, x4[:, 2], x4[:, 3])))
+
+    return (v[..., 0] * pick(nibbles & 3) + v[..., 1] * pick(nibbles >> 2)).sum(-1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -69,6 +85,8 @@ def main() -> int:
     start = time.perf_counter()
     with torch.no_grad():
         y24 = compiled(values, meta, x)
+        compiled_sel = torch.compile(matvec_24_select, dynamic=False)
+        torch.testing.assert_close(compiled_sel(values, meta, x), w @ x, rtol=1e-4, atol=1e-3)
     compile_s = time.perf_counter() - start
     ref = w @ x
     torch.testing.assert_close(y24, ref, rtol=1e-4, atol=1e-3)
@@ -78,7 +96,8 @@ def main() -> int:
     fns = {"dense (F.linear, MKL)": lambda: F.linear(x2, w),
            "CSR (sk.execute)": lambda: ex.sparse_matmul(csr, x2),
            "2:4, eager torch ops": lambda: matvec_24(values, meta, x),
-           "2:4, torch.compile": lambda: compiled(values, meta, x)}
+           "2:4, torch.compile": lambda: compiled(values, meta, x),
+           "2:4, torch.compile, select (no gather)": lambda: compiled_sel(values, meta, x)}
     load0 = os.getloadavg()
     times = sk.bench.interleaved_times(fns, warmup=3, repeats=args.repeats, inner=5)
     load1 = os.getloadavg()
@@ -87,13 +106,14 @@ def main() -> int:
     dense_bytes = w.numel() * 4
     nbytes = {"dense (F.linear, MKL)": dense_bytes, "CSR (sk.execute)": ex.layout_bytes(csr),
               "2:4, eager torch ops": values.numel() * 4 + meta.numel(),
-              "2:4, torch.compile": values.numel() * 4 + meta.numel()}
+              "2:4, torch.compile": values.numel() * 4 + meta.numel(),
+              "2:4, torch.compile, select (no gather)": values.numel() * 4 + meta.numel()}
     rows = ["| kernel | weight MB | byte bound | ms | speedup over dense | GB/s of weight |",
             "|---|---:|---:|---:|---:|---:|"]
     for k, t in med.items():
         rows.append(f"| {k} | {nbytes[k] / 2**20:.1f} | {dense_bytes / nbytes[k]:.2f}x | {t * 1e3:.3f} | "
                     f"{dense / t:.2f}x | {nbytes[k] / t / 1e9:.1f} |")
-    best24 = dense / med["2:4, torch.compile"]
+    best24 = dense / min(med["2:4, torch.compile"], med["2:4, torch.compile, select (no gather)"])
     verdict = ("beats dense" if best24 > 1.05 else "does NOT beat dense" if best24 < 0.95 else "ties with dense")
     text = (f"# A 2:4 matrix-vector product on CPU (batch 1)\n\n"
             f"[{n} x {n}] float32 weight, 2:4 (50 %), times one input vector; median of {args.repeats} "
@@ -102,7 +122,7 @@ def main() -> int:
             f"date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; load average (1, 5, 15 min) "
             f"{', '.join(f'{v:.1f}' for v in load0)} before, {', '.join(f'{v:.1f}' for v in load1)} after; "
             f"torch.compile took {compile_s:.0f} s.\n\n" + "\n".join(rows) +
-            f"\n\nThe compiled 2:4 product {verdict}: {best24:.2f}x against a byte bound of "
+            f"\n\nThe faster compiled 2:4 product {verdict}: {best24:.2f}x against a byte bound of "
             f"{dense_bytes / nbytes['2:4, torch.compile']:.2f}x.\n")
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
