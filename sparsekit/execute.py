@@ -26,6 +26,15 @@ rule with a margin above the crossovers (see :func:`choose_layout`), so that it 
 much slower than dense. Gale et al. 2020 and Hoefler et al. 2021 (section 7) discuss the
 same gap on GPUs.
 
+**The batch decides.** Those crossovers hold for a batch of 256 input rows, where a product is
+bound by arithmetic (2 * rows FLOPs per weight entry). At batch 1 (online serving, token-by-token
+decoding) it is bound by the *bytes of the weight* (a matrix-vector product does 2 FLOPs per 4
+bytes of float32 weight, Williams et al. 2009's roofline), and CSR moves ``8 (1 - s)`` bytes per
+entry instead of 4: it beats dense from far lower sparsity. ``"auto"`` therefore decides per
+number of input rows (:data:`CROSSOVERS`, :func:`explain_layout`); a :class:`SparseLinear`
+built with ``layout="auto"`` and no ``batch`` keeps every layout some batch size needs and picks
+one on each call from the rows of its input.
+
 Layers built here are for *inference*: their weights are buffers, not parameters.
 Random masks of a given sparsity for timing experiments are in :mod:`sparsekit.synthetic`;
 interleaved timing and the crossover of a measured sweep are in :mod:`sparsekit.bench`.
@@ -33,7 +42,9 @@ interleaved timing and the crossover of a measured sweep are in :mod:`sparsekit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +56,35 @@ from .masking import copy_model, get_masks
 LAYOUTS = ("auto", "dense", "csr", "bsr")
 """Accepted ``layout`` arguments."""
 
-CSR_MIN_SPARSITY = 0.93
-"""``"auto"`` considers CSR at or above this fraction of zeros (above the measured ~90 % crossover)."""
+CSR_MIN_SPARSITY = 0.88
+"""``"auto"`` considers CSR at or above this fraction of zeros *at batch 256* (the measured
+crossover was 85-90 % on the AMD EPYC, about 90 % on the Xeon); other batches: :data:`CROSSOVERS`."""
 
 BSR_MIN_BLOCK_SPARSITY = 0.70
-"""``"auto"`` considers BSR at or above this fraction of all-zero blocks (above the measured ~62-65 % crossover)."""
+"""``"auto"`` considers BSR at or above this fraction of all-zero blocks *at batch 256* (above the
+measured ~62-65 % crossover); other batches: :data:`CROSSOVERS`."""
+
+CROSSOVERS: dict[int, tuple[float, float]] = {
+    1: (0.85, 0.70),
+    8: (0.45, 0.45),
+    64: (0.78, 0.65),
+    256: (CSR_MIN_SPARSITY, BSR_MIN_BLOCK_SPARSITY),
+}
+"""``{input rows: (CSR minimum sparsity, BSR minimum block sparsity)}`` of ``"auto"``.
+
+Measured on this book's shared 2-core AMD EPYC (torch 2.13, MKL, float32, 2 threads for dense,
+small sparse products on one thread as :func:`sparse_threads` says; a ``[4096 x 4096]``
+weight; ``benchmarks/bench_execute.py``), near the break-even points, so that either choice is
+within ~10 % of the faster one there. Batch 1: the one-thread CSR kernel reads memory less
+efficiently than dense MKL streams it, so it needs about 85 % zeros although the byte-ratio
+bound allows gains from 50 %. Batches 2-16: MKL's dense product of a few rows runs far below the
+byte roofline on this CPU (8 rows take 3-6x the time of 1), so CSR wins from 50 % or less.
+Batch 256: arithmetic-bound, CSR from about 88 %. Between the measured batches the thresholds
+are interpolated linearly in ``log2(rows)``; outside they are held constant."""
+
+SINGLE_THREAD_WORK = 1 << 23
+"""Sparse products with at most this many multiply-adds (stored values x input rows) run on one
+thread (:func:`sparse_threads`)."""
 
 BSR_BLOCKSIZE = (8, 8)
 """Default BSR block shape (rows, columns) *of the storage*, not of the mask: MKL's BSR
@@ -108,66 +143,213 @@ def block_sparsity(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE) -> 
     return 1.0 - int(nonzero_blocks.sum()) / nonzero_blocks.numel()
 
 
-def _eligible_costs(weight: Tensor, blocksize: tuple[int, int], csr_min_sparsity: float,
-                    bsr_min_block_sparsity: float) -> dict[str, float]:
-    """Predicted time relative to dense of each sparse layout that passes its threshold.
+PLAN_ROWS = 256
+"""Rows from which the layout choice no longer changes (the largest batch in :data:`CROSSOVERS`)."""
 
-    A sparse kernel's time grows with what it stores (nonzeros for CSR, kept blocks for
-    BSR), so the cost is ``stored fraction / stored fraction at the crossover``: 1.0 at
-    the threshold, less above it. Thresholds are checked on exact counts, so a mask with
-    exactly ``round(t * n)`` zeros counts as sparsity ``t`` although its float mean may
-    be a hair below.
+
+def crossovers(batch: int) -> tuple[float, float]:
+    """``(CSR minimum sparsity, BSR minimum block sparsity)`` of ``"auto"`` for ``batch`` input rows.
+
+    Linear interpolation in ``log2(batch)`` between the measured batches of :data:`CROSSOVERS`,
+    constant outside them. ``batch`` is a positive int (``ValueError`` otherwise).
     """
-    r, c = blocksize
-    numel = weight.numel()
-    costs = {}
-    if weight.shape[0] % r == 0 and weight.shape[1] % c == 0:
-        blocks = numel // (r * c)
-        empty = block_sparsity(weight, (r, c)) * blocks
-        if empty + 0.5 >= bsr_min_block_sparsity * blocks:
-            costs["bsr"] = (1.0 - empty / blocks) / (1.0 - bsr_min_block_sparsity)
-    zeros = int((weight == 0).sum())
-    if zeros + 0.5 >= csr_min_sparsity * numel:
-        costs["csr"] = (1.0 - zeros / numel) / (1.0 - csr_min_sparsity)
-    return costs
+    batch = _validate.positive_int(batch, "batch")
+    points = sorted(CROSSOVERS)
+    if batch <= points[0]:
+        return CROSSOVERS[points[0]]
+    if batch >= points[-1]:
+        return CROSSOVERS[points[-1]]
+    hi = next(p for p in points if p >= batch)
+    lo = max(p for p in points if p <= batch)
+    if hi == lo:
+        return CROSSOVERS[lo]
+    t = (math.log2(batch) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+    (c0, b0), (c1, b1) = CROSSOVERS[lo], CROSSOVERS[hi]
+    return c0 + t * (c1 - c0), b0 + t * (b1 - b0)
 
 
-def choose_layout(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
-                  csr_min_sparsity: float = CSR_MIN_SPARSITY,
-                  bsr_min_block_sparsity: float = BSR_MIN_BLOCK_SPARSITY,
-                  min_numel: int = AUTO_MIN_NUMEL) -> str:
-    """The layout ``"auto"`` picks for ``weight``: ``"bsr"``, ``"csr"`` or ``"dense"``.
+@dataclass(frozen=True)
+class WeightStats:
+    """What the layout rule needs to know about a weight: its shape, zeros and empty blocks."""
 
-    The rule, from measured crossovers (module docstring):
+    shape: tuple[int, int]
+    zeros: int
+    blocksize: tuple[int, int]
+    empty_blocks: int | None
+    """All-zero ``blocksize`` tiles; ``None`` when the shape is not divisible by ``blocksize``."""
 
-    1. fewer than ``min_numel`` entries -> ``"dense"`` (fixed overheads dominate);
-    2. ``"csr"`` is a candidate when at least ``csr_min_sparsity`` of the entries are
-       zero; ``"bsr"`` when the shape is divisible by ``blocksize`` and at least
-       ``bsr_min_block_sparsity`` of the blocks are all zero;
-    3. of the candidates, the one that stores the smallest fraction of what it stores at
-       its own threshold wins (a kernel's time grows with what it stores). A 99.5 %
-       unstructured weight leaves about 73 % of its ``8 x 8`` blocks empty, but CSR,
-       storing 0.5 % of the entries, is far cheaper than BSR storing 27 % of the blocks;
-    4. no candidate -> ``"dense"``: below the crossover a sparse kernel is *slower* than dense.
-    """
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def blocks(self) -> int:
+        return self.numel // (self.blocksize[0] * self.blocksize[1])
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+    @property
+    def block_sparsity(self) -> float | None:
+        if self.empty_blocks is None or not self.blocks:
+            return None
+        return self.empty_blocks / self.blocks
+
+
+def weight_stats(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE) -> WeightStats:
+    """Counts of zeros and all-zero ``blocksize`` tiles of a dense 2-D ``weight`` (one pass)."""
     w = _check_weight(weight)
     r, c = check_blocksize(blocksize)
-    csr_min_sparsity = _validate.fraction(csr_min_sparsity, "csr_min_sparsity", allow_one=True)
-    bsr_min_block_sparsity = _validate.fraction(bsr_min_block_sparsity, "bsr_min_block_sparsity", allow_one=True)
-    min_numel = _validate.integer(min_numel, "min_numel", low=0)
-    if w.numel() < min_numel:
-        return "dense"
-    costs = _eligible_costs(w, (r, c), csr_min_sparsity, bsr_min_block_sparsity)
-    return min(costs, key=costs.__getitem__) if costs else "dense"
+    rows, cols = w.shape
+    empty = None
+    if rows % r == 0 and cols % c == 0:
+        nonzero_blocks = (w != 0).reshape(rows // r, r, cols // c, c).any(dim=3).any(dim=1)
+        empty = nonzero_blocks.numel() - int(nonzero_blocks.sum())
+    return WeightStats((int(rows), int(cols)), int((w == 0).sum()), (r, c), empty)
 
 
-def to_layout(weight: Tensor, layout: str, blocksize: Sequence[int] = BSR_BLOCKSIZE) -> Tensor:
-    """``weight`` (2-D, dense) stored as ``"dense"``, ``"csr"`` or ``"bsr"`` (``"auto"``: :func:`choose_layout`)."""
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The decision of ``"auto"`` for one weight and one batch size, and why (:func:`explain_layout`)."""
+
+    layout: str
+    batch: int
+    sparsity: float
+    block_sparsity: float | None
+    csr_min_sparsity: float
+    bsr_min_block_sparsity: float
+    costs: dict[str, float]
+    """Predicted time of each eligible sparse layout relative to its break-even (< 1: faster than dense)."""
+    reason: str
+
+
+def _decide(st: WeightStats, batch: int, csr_min_sparsity: float | None,
+            bsr_min_block_sparsity: float | None, min_numel: int) -> LayoutChoice:
+    csr_t, bsr_t = crossovers(batch)
+    csr_t = csr_t if csr_min_sparsity is None else csr_min_sparsity
+    bsr_t = bsr_t if bsr_min_block_sparsity is None else bsr_min_block_sparsity
+    bs = st.block_sparsity
+    r, c = st.blocksize
+
+    def choice(layout: str, costs: dict[str, float], reason: str) -> LayoutChoice:
+        return LayoutChoice(layout, batch, st.sparsity, bs, csr_t, bsr_t, costs, reason)
+
+    if st.numel < min_numel:
+        return choice("dense", {}, f"{st.numel} entries < min_numel {min_numel}: fixed overheads dominate")
+    costs: dict[str, float] = {}
+    # thresholds are checked on exact counts: round(t * n) zeros counts as sparsity t
+    # BSR first: on a tie it wins (one index per block, not per value)
+    if bs is None:
+        why_bsr = f"shape {st.shape} not divisible by {r}x{c}: no BSR"
+    elif st.empty_blocks + 0.5 >= bsr_t * st.blocks:
+        costs["bsr"] = (1.0 - bs) / (1.0 - bsr_t) if bsr_t < 1 else 0.0
+        why_bsr = f"{bs:.1%} empty {r}x{c} blocks >= BSR threshold {bsr_t:.1%}"
+    else:
+        why_bsr = f"{bs:.1%} empty {r}x{c} blocks < BSR threshold {bsr_t:.1%}"
+    # thresholds are checked on exact counts: round(t * n) zeros counts as sparsity t
+    if st.zeros + 0.5 >= csr_t * st.numel:
+        costs["csr"] = (1.0 - st.sparsity) / (1.0 - csr_t) if csr_t < 1 else 0.0
+        why = [f"{st.sparsity:.1%} zeros >= CSR threshold {csr_t:.1%}", why_bsr]
+    else:
+        why = [f"{st.sparsity:.1%} zeros < CSR threshold {csr_t:.1%}", why_bsr]
+    if not costs:
+        return choice("dense", costs, f"batch {batch}: " + "; ".join(why) + " -> dense")
+    best = min(costs, key=costs.__getitem__)
+    tail = (f" -> {best} (stores {costs[best]:.2f} of what it stores at its break-even"
+            + ("" if len(costs) == 1 else ", the least of the eligible layouts") + ")")
+    return choice(best, costs, f"batch {batch}: " + "; ".join(why) + tail)
+
+
+def _check_thresholds(csr_min_sparsity: float | None, bsr_min_block_sparsity: float | None,
+                      min_numel: int) -> tuple[float | None, float | None, int]:
+    if csr_min_sparsity is not None:
+        csr_min_sparsity = _validate.fraction(csr_min_sparsity, "csr_min_sparsity", allow_one=True)
+    if bsr_min_block_sparsity is not None:
+        bsr_min_block_sparsity = _validate.fraction(bsr_min_block_sparsity, "bsr_min_block_sparsity",
+                                                    allow_one=True)
+    return csr_min_sparsity, bsr_min_block_sparsity, _validate.integer(min_numel, "min_numel", low=0)
+
+
+def explain_layout(weight: Tensor, batch: int = PLAN_ROWS, blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
+                   csr_min_sparsity: float | None = None, bsr_min_block_sparsity: float | None = None,
+                   min_numel: int = AUTO_MIN_NUMEL) -> LayoutChoice:
+    """What ``"auto"`` picks for ``weight`` multiplied by ``batch`` input rows, with the numbers and
+    the reason (:class:`LayoutChoice`). :func:`choose_layout` returns its ``layout``.
+
+    The rule (a roofline argument calibrated by measurement, module docstring):
+
+    1. fewer than ``min_numel`` entries -> ``"dense"`` (fixed overheads dominate);
+    2. the thresholds for this batch come from :func:`crossovers` (measured break-even
+       sparsities with a margin), unless ``csr_min_sparsity`` / ``bsr_min_block_sparsity``
+       fix them for every batch;
+    3. ``"csr"`` is a candidate when at least the CSR threshold of the entries are zero;
+       ``"bsr"`` when the shape is divisible by ``blocksize`` and at least the BSR threshold
+       of the blocks are all zero;
+    4. of the candidates, the one that stores the smallest fraction of what it stores at its
+       own threshold wins (a sparse kernel's time grows with what it stores). A 99.5 %
+       unstructured weight leaves about 73 % of its ``8 x 8`` blocks empty, but CSR,
+       storing 0.5 % of the entries, is far cheaper than BSR storing 27 % of the blocks;
+    5. no candidate -> ``"dense"``: below the crossover a sparse kernel is *slower*.
+    """
+    st = weight_stats(weight, blocksize)
+    batch = _validate.positive_int(batch, "batch")
+    return _decide(st, batch, *_check_thresholds(csr_min_sparsity, bsr_min_block_sparsity, min_numel))
+
+
+def choose_layout(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE, *, batch: int = PLAN_ROWS,
+                  csr_min_sparsity: float | None = None, bsr_min_block_sparsity: float | None = None,
+                  min_numel: int = AUTO_MIN_NUMEL) -> str:
+    """The layout ``"auto"`` picks for ``weight`` times ``batch`` input rows: ``"bsr"``, ``"csr"`` or ``"dense"``.
+
+    ``batch`` defaults to 256, the regime where CSR needs about 88 % zeros
+    (:data:`CSR_MIN_SPARSITY`); at batch 1 it needs far fewer (:data:`CROSSOVERS`). The rule
+    and the reason for a decision: :func:`explain_layout`.
+    """
+    return explain_layout(weight, batch, blocksize, csr_min_sparsity=csr_min_sparsity,
+                          bsr_min_block_sparsity=bsr_min_block_sparsity, min_numel=min_numel).layout
+
+
+def layout_plan(weight: Tensor, blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
+                csr_min_sparsity: float | None = None, bsr_min_block_sparsity: float | None = None,
+                min_numel: int = AUTO_MIN_NUMEL) -> tuple[str, ...]:
+    """The layout ``"auto"`` picks for every number of input rows (:func:`choose_layout`'s rule).
+
+    Entry ``r`` is the choice for ``r`` rows, ``r = 1 .. PLAN_ROWS``; entry 0 (an empty input)
+    repeats entry 1, and more rows than ``PLAN_ROWS`` use the last entry (the thresholds are
+    constant beyond the largest measured batch). :func:`describe_plan` puts it in words.
+    """
+    st = weight_stats(weight, blocksize)
+    return _plan(st, *_check_thresholds(csr_min_sparsity, bsr_min_block_sparsity, min_numel))
+
+
+def _plan(st: WeightStats, csr_t: float | None, bsr_t: float | None, min_numel: int) -> tuple[str, ...]:
+    by_rows = [_decide(st, rows, csr_t, bsr_t, min_numel).layout for rows in range(1, PLAN_ROWS + 1)]
+    return (by_rows[0], *by_rows)
+
+
+def describe_plan(plan: Sequence[str]) -> str:
+    """A plan (:func:`layout_plan`) in words: ``"dense for 1 row, csr for 2-40 rows, dense for 41+ rows"``."""
+    parts, start = [], 1
+    for rows in range(2, len(plan) + 1):
+        if rows == len(plan) or plan[rows] != plan[start]:
+            end = rows - 1
+            last = rows == len(plan)
+            span = f"{start}+" if last else (f"{start}" if start == end else f"{start}-{end}")
+            parts.append(f"{plan[start]} for {span} {'row' if span == '1' else 'rows'}")
+            start = rows
+    return ", ".join(parts)
+
+
+def to_layout(weight: Tensor, layout: str, blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
+              batch: int = PLAN_ROWS) -> Tensor:
+    """``weight`` (2-D, dense) stored as ``"dense"``, ``"csr"`` or ``"bsr"`` (``"auto"``:
+    :func:`choose_layout` for ``batch`` input rows)."""
     _check_layout(layout)
     w = _check_weight(weight).detach()
     r, c = check_blocksize(blocksize)
     if layout == "auto":
-        layout = choose_layout(w, (r, c))
+        layout = choose_layout(w, (r, c), batch=batch)
     if layout == "dense":
         return w.clone().contiguous()
     if layout == "csr":
@@ -222,11 +404,41 @@ def sparse_matmul(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tens
     if flat.shape[0] == 0:
         return x.new_zeros(*lead, out_features)
     xt = flat.T.contiguous()
-    if bias is None:
-        yt = torch.sparse.mm(weight, xt)
-    else:
-        yt = torch.addmm(bias.unsqueeze(1).expand(out_features, xt.shape[1]), weight, xt)
+    threads = torch.get_num_threads()
+    one = sparse_threads(weight, flat.shape[0]) == 1 and threads > 1
+    if one:
+        torch.set_num_threads(1)
+    try:
+        if bias is None:
+            yt = torch.sparse.mm(weight, xt)
+        else:
+            yt = torch.addmm(bias.unsqueeze(1).expand(out_features, xt.shape[1]), weight, xt)
+    finally:
+        if one:
+            torch.set_num_threads(threads)
     return yt.T.contiguous().reshape(*lead, out_features)
+
+
+def sparse_threads(weight: Tensor, rows: int) -> int | None:
+    """``1`` when :func:`sparse_matmul` runs a sparse ``weight`` times ``rows`` rows on one thread,
+    else ``None`` (torch's thread count).
+
+    A sparse product of at most :data:`SINGLE_THREAD_WORK` multiply-adds (stored values x rows)
+    takes well under a few milliseconds. Split over threads, each call must wake the others;
+    on a busy machine that wait can be the whole cost (on this book's shared 2-core EPYC, a
+    95 % CSR weight times one row ran at 0.5-0.7x dense on two threads, 2.7-3.0x on one). So
+    small products run on one thread, and the layout thresholds (:data:`CROSSOVERS`) are
+    measured with this policy. Set ``SINGLE_THREAD_WORK = 0`` to always use every thread.
+    """
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a Tensor, got {type(weight).__name__}")
+    rows = _validate.integer(rows, "rows", low=0)
+    if weight.layout not in (torch.sparse_csr, torch.sparse_bsr):
+        return None
+    return 1 if weight.values().numel() * rows <= SINGLE_THREAD_WORK else None
+
+
+_ORDER = ("dense", "csr", "bsr")
 
 
 class SparseLinear(nn.Module):
@@ -235,100 +447,165 @@ class SparseLinear(nn.Module):
     A sparse ``W`` is kept as its component arrays (``values``, ``col_indices``,
     ``crow_indices``, plain buffers), so ``state_dict``, ``.to(device)`` and
     ``copy.deepcopy`` work as for any module; :attr:`weight` reassembles the sparse
-    tensor (no copy). Accepts inputs of any leading shape ``[..., in_features]``.
+    tensor (no copy). Accepts inputs of any leading shape ``[..., in_features]``; the
+    number of input *rows* is the product of the leading dimensions (``batch * seq`` for a
+    ``[batch, seq, in]`` input; 1 when decoding one token).
+
+    ``layout="auto"`` with ``batch=None`` (the default) makes the layer **batch-aware**: it
+    computes the plan of :func:`layout_plan` (the best layout for every number of rows) and
+    stores each layout the plan uses. When the plan is one layout, that is all it stores
+    and :attr:`layout` names it. When it mixes layouts (say CSR for decoding, dense for
+    batches of 64 and more), :attr:`layout` is ``"auto"``, the layer keeps the dense weight
+    *and* the sparse one (more memory: that is the price of speed at every batch size; pass
+    ``batch`` or a fixed layout to keep one), and each call uses the layout its rows call
+    for (:meth:`layout_for`). ``layout="auto"`` with an int ``batch`` stores the one layout
+    chosen for that many rows.
     """
 
     bias: Tensor | None
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, layout: str = "auto",
-                 blocksize: Sequence[int] = BSR_BLOCKSIZE) -> None:
+                 blocksize: Sequence[int] = BSR_BLOCKSIZE, *, batch: int | None = None) -> None:
         super().__init__()
         w = _check_weight(weight).detach()
+        _check_layout(layout)
+        blocksize = check_blocksize(blocksize)
         self.out_features, self.in_features = w.shape
+        if layout != "auto" and batch is not None:
+            raise ValueError(f"batch only applies to layout='auto', got layout={layout!r} and batch={batch!r}")
         if layout == "auto":
-            layout = choose_layout(w, blocksize)
-        self.layout = _check_layout(layout, LAYOUTS[1:])
-        self.nonzeros = int((w != 0).sum())
-        stored = to_layout(w, layout, blocksize)
-        if layout == "dense":
-            self.register_buffer("dense", stored)
+            st = weight_stats(w, blocksize)
+            if batch is None:
+                plan = _plan(st, None, None, AUTO_MIN_NUMEL)
+            else:
+                plan = (_decide(st, _validate.positive_int(batch, "batch"), None, None, AUTO_MIN_NUMEL).layout,)
         else:
-            self.register_buffer("values", stored.values())
-            self.register_buffer("col_indices", stored.col_indices())
-            self.register_buffer("crow_indices", stored.crow_indices())
+            plan = (layout,)
+        self.plan: tuple[str, ...] = plan
+        """The layout for each number of input rows (entry ``r``; rows beyond the end use the last)."""
+        self.stored = tuple(k for k in _ORDER if k in plan)
+        self.layout = self.stored[0] if len(self.stored) == 1 else "auto"
+        self.nonzeros = int((w != 0).sum())
+        for name in self.stored:
+            stored = to_layout(w, name, blocksize)
+            if name == "dense":
+                self.register_buffer("dense", stored)
+                continue
+            prefix = self._prefix(name)
+            self.register_buffer(prefix + "values", stored.values())
+            self.register_buffer(prefix + "col_indices", stored.col_indices())
+            self.register_buffer(prefix + "crow_indices", stored.crow_indices())
         if _check_bias(bias, self.out_features) is not None:
             bias = bias.detach().clone()
         self.register_buffer("bias", bias)
 
+    def _prefix(self, layout: str) -> str:
+        """Buffer-name prefix of a sparse layout: none when it is the only sparse one stored."""
+        return "bsr_" if layout == "bsr" and "csr" in self.stored else ""
+
+    def layout_for(self, rows: int) -> str:
+        """The layout a call with ``rows`` input rows uses (``"dense"``, ``"csr"`` or ``"bsr"``)."""
+        rows = _validate.integer(rows, "rows", low=0)
+        return self.plan[min(rows, len(self.plan) - 1)]
+
+    def weight_for(self, rows: int) -> Tensor:
+        """The weight tensor a call with ``rows`` input rows multiplies by."""
+        return self._weight(self.layout_for(rows))
+
+    def _weight(self, layout: str) -> Tensor:
+        if layout == "dense":
+            return self.dense
+        prefix = self._prefix(layout)
+        build = torch.sparse_csr_tensor if layout == "csr" else torch.sparse_bsr_tensor
+        return build(getattr(self, prefix + "crow_indices"), getattr(self, prefix + "col_indices"),
+                     getattr(self, prefix + "values"), size=(self.out_features, self.in_features),
+                     check_invariants=False)
+
     @property
     def weight(self) -> Tensor:
-        """The weight in its layout (a strided, ``sparse_csr`` or ``sparse_bsr`` tensor)."""
-        if self.layout == "dense":
-            return self.dense
-        build = torch.sparse_csr_tensor if self.layout == "csr" else torch.sparse_bsr_tensor
-        return build(self.crow_indices, self.col_indices, self.values,
-                     size=(self.out_features, self.in_features), check_invariants=False)
+        """The weight in its layout (a strided, ``sparse_csr`` or ``sparse_bsr`` tensor); for a
+        batch-aware layer (``layout == "auto"``), the sparse one (:meth:`weight_for` picks by rows)."""
+        return self._weight(self.stored[-1])
 
     def forward(self, x: Tensor) -> Tensor:
-        return sparse_matmul(self.weight, x, self.bias)
+        if len(self.stored) == 1:
+            return sparse_matmul(self._weight(self.stored[0]), x, self.bias)
+        rows = math.prod(x.shape[:-1]) if x.dim() else 0
+        return sparse_matmul(self.weight_for(rows), x, self.bias)
 
     def dense_weight(self) -> Tensor:
         """The weight as a dense tensor (for checks)."""
-        return self.weight if self.layout == "dense" else self.weight.to_dense()
+        return self.dense if "dense" in self.stored else self.weight.to_dense()
 
     def extra_repr(self) -> str:
         total = self.in_features * self.out_features
+        plan = f", plan: {describe_plan(self.plan)}" if self.layout == "auto" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"layout={self.layout!r}, nonzeros={self.nonzeros}/{total}")
+                f"layout={self.layout!r}, nonzeros={self.nonzeros}/{total}{plan}")
 
 
-def sparse_linear(linear: nn.Linear, layout: str = "auto",
-                  blocksize: Sequence[int] = BSR_BLOCKSIZE) -> SparseLinear:
+def sparse_linear(linear: nn.Linear, layout: str = "auto", blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
+                  batch: int | None = None) -> SparseLinear:
     """A :class:`SparseLinear` computing the same function as ``linear`` (masks applied).
 
     Args:
         linear: an ``nn.Linear``, masked or not; its *effective* weight is used, so a
             masked layer's zeros become the sparse pattern.
         layout: ``"dense"``, ``"csr"``, ``"bsr"``, or ``"auto"`` (:func:`choose_layout`:
-            the fastest measured choice for this weight's sparsity and block structure).
+            the fastest measured choice for this weight's sparsity, block structure and
+            the number of input rows).
         blocksize: BSR block shape; the weight shape must be divisible by it for ``"bsr"``.
+        batch: with ``"auto"``: the number of input rows to choose for, or ``None`` to choose
+            on every call from the input (:class:`SparseLinear`).
     """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
     _check_layout(layout)
     check_blocksize(blocksize)
-    return SparseLinear(linear.weight.detach(), linear.bias, layout, blocksize)
+    return SparseLinear(linear.weight.detach(), linear.bias, layout, blocksize, batch=batch)
 
 
 def to_sparse(model: nn.Module, layout: str = "auto", blocksize: Sequence[int] = BSR_BLOCKSIZE, *,
-              masked_only: bool = True) -> nn.Module:
+              masked_only: bool = True, batch: int | None = None) -> nn.Module:
     """A copy of ``model`` with every masked ``nn.Linear`` replaced by :func:`sparse_linear`.
 
     The original model is left untouched. With ``masked_only=False`` every Linear is
     converted (``"auto"`` still keeps dense weights dense). Conv layers are not converted.
+    ``batch``: as in :func:`sparse_linear` (``None``: each layer picks per call).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_layout(layout)
     check_blocksize(blocksize)
+    if batch is not None:
+        if layout != "auto":
+            raise ValueError(f"batch only applies to layout='auto', got layout={layout!r} and batch={batch!r}")
+        _validate.positive_int(batch, "batch")
     masked = {"" if name == "weight" else name.removesuffix(".weight") for name in get_masks(model)}
     new = copy_model(model)
     if isinstance(new, nn.Linear):
-        return sparse_linear(new, layout, blocksize) if ("" in masked or not masked_only) else new
+        return sparse_linear(new, layout, blocksize, batch=batch) if ("" in masked or not masked_only) else new
     targets = [name for name, m in new.named_modules()
                if isinstance(m, nn.Linear) and name and (name in masked or not masked_only)]
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = new.get_submodule(parent_name)
-        setattr(parent, child, sparse_linear(getattr(parent, child), layout, blocksize))
+        setattr(parent, child, sparse_linear(getattr(parent, child), layout, blocksize, batch=batch))
     return new
 
 
-def layouts(model: nn.Module) -> dict[str, str]:
-    """``{module name: layout}`` of every :class:`SparseLinear` in ``model``."""
+def layouts(model: nn.Module, rows: int | None = None) -> dict[str, str]:
+    """``{module name: layout}`` of every :class:`SparseLinear` in ``model``.
+
+    ``rows=None``: each layer's :attr:`SparseLinear.layout` (``"auto"`` for a batch-aware
+    layer that mixes layouts); an int: the layout each layer uses for that many input rows.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    return {name: m.layout for name, m in model.named_modules() if isinstance(m, SparseLinear)}
+    if rows is not None:
+        rows = _validate.integer(rows, "rows", low=0)
+    return {name: (m.layout if rows is None else m.layout_for(rows))
+            for name, m in model.named_modules() if isinstance(m, SparseLinear)}
 
 
 def layout_bytes(t: Tensor) -> int:

@@ -2,6 +2,7 @@
 sparsekit.synthetic (random masks of a given sparsity for timing)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -91,7 +92,7 @@ def test_choose_layout_rule():
     assert ex.choose_layout(w) == "dense"
     assert ex.choose_layout(w * synthetic.unstructured_mask(big, 0.5)) == "dense"
     assert ex.choose_layout(w * synthetic.unstructured_mask(big, 0.95)) == "csr"
-    assert ex.choose_layout(w * synthetic.unstructured_mask(big, 0.89)) == "dense"
+    assert ex.choose_layout(w * synthetic.unstructured_mask(big, 0.85)) == "dense"
     assert ex.choose_layout(w * synthetic.block_mask(big, 0.9)) == "bsr"
     assert ex.choose_layout(w * synthetic.block_mask(big, 0.6)) == "dense"  # 60 % zeros, below both crossovers
     # Small weights stay dense whatever their sparsity; non-divisible shapes never get BSR.
@@ -255,3 +256,222 @@ def test_choose_layout_named_errors(kwargs, exc, match):
         ex.choose_layout(torch.zeros(8, 8), **kwargs)
     with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
         ex.layouts("model")
+
+
+# --- batch-aware "auto" (issue 20) -------------------------------------------------------------
+
+def test_crossovers_interpolate_in_log2_batch_and_hold_outside():
+    table = ex.CROSSOVERS
+    points = sorted(table)
+    assert ex.crossovers(points[0]) == table[points[0]] and ex.crossovers(points[-1]) == table[points[-1]]
+    assert ex.crossovers(10**6) == table[points[-1]]  # constant beyond the largest measured batch
+    lo, hi = points[1], points[2]  # 8 and 64: the geometric mean is half way in log2
+    mid = int(round((lo * hi) ** 0.5))
+    t = (math.log2(mid) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+    for k in range(2):
+        assert ex.crossovers(mid)[k] == pytest.approx(table[lo][k] + t * (table[hi][k] - table[lo][k]), abs=1e-12)
+    with pytest.raises(ValueError, match="batch must be a positive int, got 0"):
+        ex.crossovers(0)
+    with pytest.raises(TypeError, match="batch must be a positive int, got float 1.5"):
+        ex.crossovers(1.5)
+
+
+def test_small_batches_need_less_sparsity_than_batch_256():
+    # the roofline argument: at batch 1 a product is bound by the weight's bytes, CSR wins earlier
+    assert ex.crossovers(1)[0] < ex.crossovers(256)[0] and ex.crossovers(64)[0] < ex.crossovers(256)[0]
+    assert ex.CROSSOVERS[256] == (ex.CSR_MIN_SPARSITY, ex.BSR_MIN_BLOCK_SPARSITY)
+
+
+def _weight(shape, sparsity, seed=0, block=None):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    mask = (synthetic.unstructured_mask(shape, sparsity, seed) if block is None
+            else synthetic.block_mask(shape, sparsity, block, seed))
+    return w * mask
+
+
+def test_choose_layout_depends_on_the_batch():
+    w = _weight((1024, 1024), 0.75)  # above the batch-8 CSR threshold, below those of 1, 64 and 256
+    assert ex.choose_layout(w, batch=8) == "csr"
+    assert ex.choose_layout(w, batch=256) == "dense" == ex.choose_layout(w)  # default: batch 256
+    assert ex.choose_layout(w, batch=1) == "dense" == ex.choose_layout(w, batch=64)
+    assert ex.to_layout(w, "auto", batch=8).layout == torch.sparse_csr
+    assert ex.to_layout(w, "auto").layout == torch.strided
+    # explicit thresholds hold for every batch
+    assert ex.choose_layout(w, batch=8, csr_min_sparsity=0.8) == "dense"
+    assert ex.choose_layout(w, batch=256, csr_min_sparsity=0.7) == "csr"
+
+
+def test_explain_layout_gives_the_numbers_and_the_reason():
+    w = _weight((1024, 1024), 0.75)
+    c = ex.explain_layout(w, 8)
+    csr_t, bsr_t = ex.crossovers(8)
+    assert (c.layout, c.batch, c.csr_min_sparsity, c.bsr_min_block_sparsity) == ("csr", 8, csr_t, bsr_t)
+    assert c.sparsity == 0.75 and c.block_sparsity == 0.0  # random 75 %: no empty 8 x 8 block
+    assert set(c.costs) == {"csr"} and c.costs["csr"] == pytest.approx(0.25 / (1 - csr_t))
+    assert c.reason.startswith("batch 8: 75.0% zeros >= CSR threshold") and c.reason.endswith(")")
+    assert "-> csr" in c.reason
+    d = ex.explain_layout(w, 256)
+    assert d.layout == "dense" and d.costs == {} and d.reason.endswith("-> dense")
+    small = ex.explain_layout(torch.zeros(64, 64), 1)
+    assert small.layout == "dense" and "min_numel" in small.reason
+    odd = ex.explain_layout(_weight((1000, 1002), 0.95), 1)
+    assert odd.layout == "csr" and odd.block_sparsity is None and "no BSR" in odd.reason
+    for c in (ex.explain_layout(w, b) for b in (1, 3, 8, 40, 64, 256, 1000)):
+        assert c.layout == ex.choose_layout(w, batch=c.batch)
+
+
+def test_layout_plan_and_its_description():
+    w = _weight((1024, 1024), 0.75)
+    plan = ex.layout_plan(w)
+    assert len(plan) == ex.PLAN_ROWS + 1 and plan[0] == plan[1]
+    assert all(plan[r] == ex.choose_layout(w, batch=r) for r in range(1, ex.PLAN_ROWS + 1))
+    # dense for one row, CSR for a few rows, dense from some row count on, never back
+    first, last = plan.index("csr"), ex.PLAN_ROWS - plan[::-1].index("csr")
+    assert 1 < first <= 8 < last <= 64 and set(plan[first:last + 1]) == {"csr"}
+    assert set(plan[1:first]) == set(plan[last + 1:]) == {"dense"}
+    span = f"{first}" if first == 2 and first == last else f"{first}-{last}"
+    want = ("dense for 1 row" if first == 2 else f"dense for 1-{first - 1} rows") + \
+        f", csr for {span} rows, dense for {last + 1}+ rows"
+    assert ex.describe_plan(plan) == want
+    assert ex.describe_plan(ex.layout_plan(torch.zeros(8, 8))) == "dense for 1+ rows"
+    assert ex.layout_plan(w, csr_min_sparsity=0.5) == ("csr",) * (ex.PLAN_ROWS + 1)
+
+
+def test_batch_aware_sparse_linear_keeps_both_layouts_and_dispatches_on_rows(monkeypatch):
+    torch.manual_seed(0)
+    lin = nn.Linear(1024, 512)
+    sk.apply_masks(lin, {"weight": synthetic.unstructured_mask((512, 1024), 0.75)})
+    sl = ex.sparse_linear(lin, "auto")
+    plan = ex.layout_plan(lin.weight.detach())
+    assert sl.layout == "auto" and sl.stored == ("dense", "csr") and sl.plan == plan
+    assert set(sl.state_dict()) == {"dense", "values", "col_indices", "crow_indices", "bias"}
+    assert "plan: dense for 1 row, csr for 2-" in repr(sl)
+    used = []
+    real = ex.sparse_matmul
+    monkeypatch.setattr(ex, "sparse_matmul", lambda w, x, b=None: used.append(w.layout) or real(w, x, b))
+    # [batch, seq, features]: rows = batch * seq; decoding one token is 1 row
+    for shape, layout in [((1, 1, 1024), torch.strided), ((1024,), torch.strided),
+                          ((2, 3, 1024), torch.sparse_csr), ((1, 8, 1024), torch.sparse_csr),
+                          ((4, 64, 1024), torch.strided), ((2, 300, 1024), torch.strided),
+                          ((0, 5, 1024), torch.strided)]:
+        x = torch.randn(*shape)
+        used.clear()
+        with torch.no_grad():
+            y = sl(x)
+            torch.testing.assert_close(y, lin(x), rtol=1e-4, atol=1e-4)
+        assert used == [layout], shape
+        assert y.shape == (*shape[:-1], 512)
+    assert sl.layout_for(8) == "csr" and sl.layout_for(256) == "dense" and sl.layout_for(10**6) == "dense"
+    assert sl.weight.layout == torch.sparse_csr and sl.weight_for(300).layout == torch.strided
+    assert torch.equal(sl.dense_weight(), lin.weight.detach())
+    clone = copy.deepcopy(sl)
+    x = torch.randn(8, 1024)
+    assert torch.equal(clone(x), sl(x))
+
+
+def test_batch_aware_layer_with_csr_and_bsr_names_the_buffers_apart(monkeypatch):
+    w = _weight((1024, 1024), 0.9375, block=(32, 32))
+    # the shipped thresholds give one layout for every batch (a tie goes to BSR) ...
+    assert ex.SparseLinear(w, None, "auto").stored == ("bsr",)
+    # ... thresholds that favour CSR at batch 1 and BSR at 256 make the layer keep both
+    monkeypatch.setattr(ex, "CROSSOVERS", {1: (0.5, 0.99), 256: (0.99, 0.5)})
+    sl = ex.SparseLinear(w, torch.zeros(1024), "auto")
+    assert sl.stored == ("csr", "bsr") and sl.layout_for(1) == "csr" and sl.layout_for(256) == "bsr"
+    assert set(sl.state_dict()) == {"values", "col_indices", "crow_indices", "bsr_values", "bsr_col_indices",
+                                    "bsr_crow_indices", "bias"}
+    for rows, layout in ((1, torch.sparse_csr), (256, torch.sparse_bsr)):
+        assert sl.weight_for(rows).layout == layout
+        x = torch.randn(rows, 1024)
+        torch.testing.assert_close(sl(x), x @ w.T, rtol=1e-4, atol=1e-4)
+    assert torch.equal(sl.dense_weight(), w)
+
+
+def test_fixed_batch_stores_one_layout():
+    w = _weight((1024, 1024), 0.75)
+    assert ex.SparseLinear(w, None, "auto", batch=8).layout == "csr"
+    assert ex.SparseLinear(w, None, "auto", batch=256).layout == "dense"
+    lin = nn.Linear(1024, 1024)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    assert ex.sparse_linear(lin, "auto", batch=8).stored == ("csr",)
+
+
+def test_to_sparse_batch_aware_on_a_model_with_3d_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512))
+    sk.apply_masks(model, {"0.weight": synthetic.unstructured_mask((1024, 512), 0.75),
+                           "2.weight": synthetic.unstructured_mask((512, 1024), 0.97)})
+    fast = ex.to_sparse(model)
+    assert ex.layouts(fast) == {"0": "auto", "2": "csr"}
+    assert ex.layouts(fast, rows=1) == {"0": "dense", "2": "csr"}  # decoding one token
+    assert ex.layouts(fast, rows=8) == {"0": "csr", "2": "csr"}
+    assert ex.layouts(fast, rows=256) == {"0": "dense", "2": "csr"}
+    for shape in [(1, 1, 512), (2, 4, 512), (4, 64, 512)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
+    fixed = ex.to_sparse(model, batch=256)
+    assert ex.layouts(fixed) == {"0": "dense", "2": "csr"}
+
+
+def test_small_sparse_products_run_on_one_thread_and_restore_the_count(monkeypatch):
+    w = _weight((256, 256), 0.9)
+    csr = ex.to_layout(w, "csr")
+    nnz = csr.values().numel()
+    assert ex.sparse_threads(w, 1) is None  # dense: torch's own threading
+    assert ex.sparse_threads(csr, ex.SINGLE_THREAD_WORK // nnz) == 1
+    assert ex.sparse_threads(csr, ex.SINGLE_THREAD_WORK // nnz + 1) is None
+    seen = []
+    real_mm = torch.sparse.mm
+    monkeypatch.setattr(torch.sparse, "mm", lambda a, b: seen.append(torch.get_num_threads()) or real_mm(a, b))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(3, 256)
+        torch.testing.assert_close(ex.sparse_matmul(csr, x), x @ w.T, rtol=1e-5, atol=1e-5)
+        assert seen == [1] and torch.get_num_threads() == 2
+        monkeypatch.setattr(ex, "SINGLE_THREAD_WORK", 0)
+        ex.sparse_matmul(csr, x)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        monkeypatch.setattr(torch.sparse, "mm", lambda a, b: 1 / 0)
+        monkeypatch.setattr(ex, "SINGLE_THREAD_WORK", 1 << 23)
+        with pytest.raises(ZeroDivisionError):
+            ex.sparse_matmul(csr, x)
+        assert torch.get_num_threads() == 2  # restored after an error too
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="rows must be a non-negative int, got -1"):
+        ex.sparse_threads(csr, -1)
+    with pytest.raises(TypeError, match="weight must be a Tensor, got list"):
+        ex.sparse_threads([1], 1)
+
+
+def test_batch_argument_errors():
+    w = _weight((64, 64), 0.5)
+    with pytest.raises(ValueError, match="batch only applies to layout='auto', got layout='csr' and batch=1"):
+        ex.SparseLinear(w, None, "csr", batch=1)
+    with pytest.raises(ValueError, match="batch only applies to layout='auto'"):
+        ex.to_sparse(sk.models.MLP(), "dense", batch=4)
+    with pytest.raises(ValueError, match="batch must be a positive int, got 0"):
+        ex.SparseLinear(w, None, "auto", batch=0)
+    with pytest.raises(TypeError, match="batch must be a positive int, got str '8'"):
+        ex.to_sparse(sk.models.MLP(), batch="8")
+    with pytest.raises(ValueError, match="batch must be a positive int, got -1"):
+        ex.choose_layout(w, batch=-1)
+    with pytest.raises(TypeError, match="batch must be a positive int"):
+        ex.explain_layout(w, 2.0)
+    with pytest.raises(ValueError, match="rows must be a non-negative int, got -1"):
+        ex.SparseLinear(w, None, "auto").layout_for(-1)
+    with pytest.raises(ValueError, match="rows must be a non-negative int, got -2"):
+        ex.layouts(sk.models.MLP(), rows=-2)
+    with pytest.raises(ValueError, match=r"csr_min_sparsity must be in \[0, 1\], got 1.5"):
+        ex.layout_plan(w, csr_min_sparsity=1.5)
+
+
+def test_weight_stats_counts_exactly():
+    w = torch.zeros(16, 16)
+    w[0, 0] = w[9, 9] = w[9, 10] = 1.0
+    st = ex.weight_stats(w, (8, 8))
+    assert (st.zeros, st.empty_blocks, st.blocks, st.numel) == (253, 2, 4, 256)
+    assert st.sparsity == 253 / 256 and st.block_sparsity == 0.5
+    assert ex.weight_stats(torch.ones(6, 8), (4, 4)).empty_blocks is None
