@@ -86,7 +86,7 @@ def test_bad_display(display):
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Chapters not yet moved to sparsekit.book.glue and the plain Colab install (issue 19); the edit is
 # scripted (apply_nb_edits.py): run it on these, then empty this set.
-PENDING = {"01_unstructured.ipynb"}
+PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
