@@ -220,7 +220,7 @@ class LayoutChoice:
     csr_min_sparsity: float
     bsr_min_block_sparsity: float
     costs: dict[str, float]
-    """Predicted time of each eligible sparse layout relative to its break-even (< 1: faster than dense)."""
+    """For each eligible sparse layout, its predicted time relative to its break-even; below 1 it beats dense."""
     reason: str
 
 
@@ -454,8 +454,8 @@ class SparseLinear(nn.Module):
     ``layout="auto"`` with ``batch=None`` (the default) makes the layer **batch-aware**: it
     computes the plan of :func:`layout_plan` (the best layout for every number of rows) and
     stores each layout the plan uses. When the plan is one layout, that is all it stores
-    and :attr:`layout` names it. When it mixes layouts (say CSR for decoding, dense for
-    batches of 64 and more), :attr:`layout` is ``"auto"``, the layer keeps the dense weight
+    and ``layout`` names it. When it mixes layouts (say CSR for decoding, dense for
+    batches of 64 and more), ``layout`` is ``"auto"``, the layer keeps the dense weight
     *and* the sparse one (more memory: that is the price of speed at every batch size; pass
     ``batch`` or a fixed layout to keep one), and each call uses the layout its rows call
     for (:meth:`layout_for`). ``layout="auto"`` with an int ``batch`` stores the one layout
@@ -597,7 +597,7 @@ def to_sparse(model: nn.Module, layout: str = "auto", blocksize: Sequence[int] =
 def layouts(model: nn.Module, rows: int | None = None) -> dict[str, str]:
     """``{module name: layout}`` of every :class:`SparseLinear` in ``model``.
 
-    ``rows=None``: each layer's :attr:`SparseLinear.layout` (``"auto"`` for a batch-aware
+    ``rows=None``: each layer's ``SparseLinear.layout`` (``"auto"`` for a batch-aware
     layer that mixes layouts); an int: the layout each layer uses for that many input rows.
     """
     if not isinstance(model, nn.Module):

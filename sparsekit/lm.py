@@ -30,7 +30,7 @@ from .pretrained import file_sha256, verified_state
 from .train import eval_mode
 
 CONFIG: dict[str, int] = {"d_model": 128, "num_heads": 4, "num_layers": 4, "context": 128}
-"""The shipped model: about 0.9 M parameters, 16 ``nn.Linear`` layers (4 per block)."""
+"""Size of the shipped model (about 0.9 M parameters, 16 ``nn.Linear`` layers, 4 per block)."""
 
 ASSET = Path(__file__).parent / "assets" / "byte_lm_pretrained.pt"
 SHA256 = "49a29c737e3cac9cdbeffd1add84dd78a5815fab8032bcf4a14e96a9dbf8d5bc"
