@@ -65,9 +65,9 @@ BSR_MIN_BLOCK_SPARSITY = 0.70
 measured ~62-65 % crossover); other batches: :data:`CROSSOVERS`."""
 
 CROSSOVERS: dict[int, tuple[float, float]] = {
-    1: (0.85, 0.70),
-    8: (0.45, 0.45),
-    64: (0.78, 0.65),
+    1: (0.85, 0.75),
+    8: (0.45, 0.60),
+    64: (0.83, 0.65),
     256: (CSR_MIN_SPARSITY, BSR_MIN_BLOCK_SPARSITY),
 }
 """``{input rows: (CSR minimum sparsity, BSR minimum block sparsity)}`` of ``"auto"``.
@@ -79,7 +79,9 @@ within ~10 % of the faster one there. Batch 1: the one-thread CSR kernel reads m
 efficiently than dense MKL streams it, so it needs about 85 % zeros although the byte-ratio
 bound allows gains from 50 %. Batches 2-16: MKL's dense product of a few rows runs far below the
 byte roofline on this CPU (8 rows take 3-6x the time of 1), so CSR wins from 50 % or less.
-Batch 256: arithmetic-bound, CSR from about 88 %. Between the measured batches the thresholds
+Batch 256: arithmetic-bound, CSR from about 88 %. BSR of ``8 x 8`` blocks pays at batch 1
+only from about 75 % empty blocks, and at batches 2-16 it loses to CSR on the same tiles (MKL's
+CSR product of a few rows is the faster kernel there), so its threshold sits above CSR's. Between the measured batches the thresholds
 are interpolated linearly in ``log2(rows)``; outside they are held constant."""
 
 SINGLE_THREAD_WORK = 1 << 23

@@ -371,8 +371,10 @@ def test_batch_aware_sparse_linear_keeps_both_layouts_and_dispatches_on_rows(mon
 
 def test_batch_aware_layer_with_csr_and_bsr_names_the_buffers_apart(monkeypatch):
     w = _weight((1024, 1024), 0.9375, block=(32, 32))
-    # the shipped thresholds give one layout for every batch (a tie goes to BSR) ...
-    assert ex.SparseLinear(w, None, "auto").stored == ("bsr",)
+    # the shipped thresholds: BSR for one row and for many, CSR for a few (MKL's CSR kernel wins there)
+    shipped = ex.SparseLinear(w, None, "auto")
+    assert shipped.stored == ("csr", "bsr")
+    assert [shipped.layout_for(r) for r in (1, 8, 64, 256)] == ["bsr", "csr", "bsr", "bsr"]
     # ... thresholds that favour CSR at batch 1 and BSR at 256 make the layer keep both
     monkeypatch.setattr(ex, "CROSSOVERS", {1: (0.5, 0.99), 256: (0.99, 0.5)})
     sl = ex.SparseLinear(w, torch.zeros(1024), "auto")
