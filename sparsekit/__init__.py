@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import bench, data, models, report, scores, select, train
+from . import bench, data, models, recipes, report, scores, select, train
 from .masking import (
     apply_masks,
     effective_weights,
@@ -62,7 +62,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "apply_masks", "bench", "cubic_sparsity", "data", "effective_weights", "get_masks",
-    "imp_sparsity", "load_masked_state_dict", "models", "prunable_weights", "remove_masks",
+    "imp_sparsity", "load_masked_state_dict", "models", "prunable_weights", "recipes", "remove_masks",
     "report", "rewind", "scores", "seed_everything", "seeds", "select", "select_masks", "snapshot", "sparsity",
     "train",
     *_LAZY_MODULES, *_LAZY_NAMES,

@@ -81,8 +81,9 @@ bound allows gains from 50 %. Batches 2-16: MKL's dense product of a few rows ru
 byte roofline on this CPU (8 rows take 3-6x the time of 1), so CSR wins from 50 % or less.
 Batch 256: arithmetic-bound, CSR from about 88 %. BSR of ``8 x 8`` blocks pays at batch 1
 only from about 75 % empty blocks, and at batches 2-16 it loses to CSR on the same tiles (MKL's
-CSR product of a few rows is the faster kernel there), so its threshold sits above CSR's. Between the measured batches the thresholds
-are interpolated linearly in ``log2(rows)``; outside they are held constant."""
+CSR product of a few rows is the faster kernel there), so its threshold sits above CSR's.
+Between the measured batches the thresholds are interpolated linearly in ``log2(rows)``;
+outside they are held constant."""
 
 SINGLE_THREAD_WORK = 1 << 23
 """Sparse products with at most this many multiply-adds (stored values x input rows) run on one
