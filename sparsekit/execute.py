@@ -43,6 +43,7 @@ interleaved timing and the crossover of a measured sweep are in :mod:`sparsekit.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -355,11 +356,11 @@ def to_layout(weight: Tensor, layout: str, blocksize: Sequence[int] = BSR_BLOCKS
         layout = choose_layout(w, (r, c), batch=batch)
     if layout == "dense":
         return w.clone().contiguous()
-    if layout == "csr":
-        return _int32_indices(w.to_sparse_csr())
-    if w.shape[0] % r or w.shape[1] % c:
+    if layout == "bsr" and (w.shape[0] % r or w.shape[1] % c):
         raise ValueError(f"layout 'bsr' needs the weight shape {tuple(w.shape)} divisible by blocksize {(r, c)}")
-    return _int32_indices(w.to_sparse_bsr((r, c)))
+    with warnings.catch_warnings():  # torch labels its sparse compressed layouts "beta"; we use them knowingly
+        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
+        return _int32_indices(w.to_sparse_csr() if layout == "csr" else w.to_sparse_bsr((r, c)))
 
 
 def _int32_indices(t: Tensor) -> Tensor:

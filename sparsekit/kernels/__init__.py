@@ -8,6 +8,7 @@
 * ``to_semi_structured`` — swap a model's Linear weights for
   ``torch.sparse.to_sparse_semi_structured`` tensors (Sparse Tensor Cores, sm_80+).
 * ``sparse_tensor_cores_available`` — can this machine run 2:4 on tensor cores?
+* ``kernels_unavailable_reason`` — why the Triton kernels cannot run here (``None`` if they can).
 
 Triton is imported lazily, on the first kernel call, so ``import sparsekit`` (and this
 package) never imports it. On a machine without CUDA the kernels run under Triton's CPU
@@ -26,9 +27,16 @@ from .semi import (
     sparse_tensor_cores_available,
     to_semi_structured,
 )
-from .triton24 import interpreting, prune_compress_24, sparse24_linear, triton_available
+from .triton24 import (
+    interpreting,
+    kernels_unavailable_reason,
+    prune_compress_24,
+    sparse24_linear,
+    triton_available,
+)
 
 __all__ = [
     "prune_compress_24", "sparse24_linear", "to_semi_structured", "SemiStructuredReport",
     "semi_structured_status", "sparse_tensor_cores_available", "interpreting", "triton_available",
+    "kernels_unavailable_reason",
 ]
