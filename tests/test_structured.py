@@ -50,7 +50,7 @@ def test_channel_groups_of_book_models() -> None:
     assert sorted(c.module for c in tied[0].consumers) == ["blocks.0.conv1", "blocks.1.conv1", "fc"]
     tr = {tuple(g.sources): g for g in channel_groups(sk.models.TinyTransformer(), X)}
     assert tr[("layers.0.fc1",)].prunable
-    assert "view" in tr[("layers.0.attn.q",)].blocked
+    assert "matmul" in tr[("layers.0.attn.q",)].blocked  # the view into heads is followed; q @ k is not
 
 
 class _Branchy(nn.Module):
@@ -270,8 +270,19 @@ def test_global_scope() -> None:
     total = sum(small.get_submodule(n).out_channels for n in ("conv1", "conv2", "conv3"))
     assert total == 96 - 24
     assert small.conv2.out_channels == 32 - 24
-    with pytest.raises(ValueError, match="every channel"):
-        S.shrink_channels(model, 0.4, X, score="bn", scope="global")
+    # Global scope never empties a layer: conv2 stops at one channel, the rest comes from the others.
+    # (Before: "removing 32 of 32 channels of 'conv2' ... would remove every channel".)
+    small = S.shrink_channels(model, 0.4, X, score="bn", scope="global")
+    assert small.conv2.out_channels == 1
+    assert sum(small.get_submodule(n).out_channels for n in ("conv1", "conv2", "conv3")) == 96 - round(0.4 * 96)
+    # max_fraction caps each group (Torch-Pruning's max_pruning_ratio); the total stays exact.
+    small = S.shrink_channels(model, 0.4, X, score="bn", scope="global", max_fraction=0.5)
+    assert small.conv2.out_channels == 16
+    assert sum(small.get_submodule(n).out_channels for n in ("conv1", "conv2", "conv3")) == 96 - round(0.4 * 96)
+    with pytest.raises(ValueError, match="max_fraction=0.1"):
+        S.shrink_channels(model, 0.4, X, score="bn", scope="global", max_fraction=0.1)
+    with pytest.raises(ValueError, match="max_fraction"):
+        S.shrink_channels(model, 0.4, X, scope="global", max_fraction=1.5)
 
 
 def test_masked_model_is_baked_in_the_copy() -> None:
@@ -325,8 +336,16 @@ def test_shrink_channels_bad_input(kwargs: dict, error: type, match: str) -> Non
 
 
 def test_unsupported_pattern_names_the_module() -> None:
-    with pytest.raises(ValueError, match="'embed'.*add"):
-        S.shrink_channels(sk.models.TinyTransformer(), 0.5, X)
+    with pytest.raises(ValueError, match="'embed'.*add.*'pos'"):
+        S.shrink_channels(sk.models.TinyTransformer(), 0.5, X, strict=True)
+    # the default call skips what it cannot prune and says why
+    skipped = S.shrink_channels(sk.models.TinyTransformer(), 0.5, X).channel_plan.skipped
+    assert list(skipped) == ["'embed'+'layers.0.attn.out'+'layers.0.fc2'+'layers.1.attn.out'+'layers.1.fc2'",
+                             "'layers.0.attn.q'", "'layers.0.attn.k'", "'layers.0.attn.v'",
+                             "'layers.1.attn.q'", "'layers.1.attn.k'", "'layers.1.attn.v'"]
+    assert "get_attr 'pos'" in skipped[next(iter(skipped))]
+    with pytest.raises(TypeError, match="strict"):
+        S.shrink_channels(sk.models.TinyTransformer(), 0.5, X, strict=1)
     with pytest.raises(TypeError, match="model"):
         S.shrink_channels("cnn", 0.5, X)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="bn"):
