@@ -258,7 +258,8 @@ class ChannelGroup:
     ``norms``: BatchNorm modules over these channels; ``bn_of``: source -> the BatchNorm
     applied directly to its output; ``consumers``: layers reading them; ``members``:
     per-channel layers pruned with them (depthwise convolutions); ``blocked``: why the
-    group cannot be pruned (None if it can). ``units[u]``: the atom ids of unit ``u``;
+    group cannot be pruned (None if it can). ``atoms``: the group's atom ids and
+    ``atom_unit`` the unit of each (``units[u]``: the atoms of unit ``u``);
     ``blocks``: unit indices of equal-size blocks that must each lose the same number
     (the groups of a grouped convolution), or None.
     """
@@ -271,12 +272,18 @@ class ChannelGroup:
     blocked: str | None = None
     nodes: list[fx.Node] = field(default_factory=list)  # every node carrying the channels, in order
     members: list[str] = field(default_factory=list)
-    units: list[Tensor] = field(default_factory=list)
     blocks: list[list[int]] | None = None
+    atoms: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long), repr=False)
+    atom_unit: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long), repr=False)
 
     @property
     def prunable(self) -> bool:
         return self.blocked is None
+
+    @property
+    def units(self) -> list[Tensor]:
+        """``units[u]``: the atom ids of unit ``u`` (one channel of each tied layer)."""
+        return [self.atoms[self.atom_unit == u] for u in range(self.channels)]
 
 
 @dataclass
@@ -301,6 +308,7 @@ class Dependencies:
     atom_source: list[str]     # atom -> the source layer that produces it
     atom_index: Tensor         # atom -> its channel in that layer
     group_of_atom: Tensor      # atom -> index into groups
+    unit_of_atom: Tensor       # atom -> its unit's index within its group
     ids: dict[fx.Node, Any]    # node -> id tensor (or tuple of them)
     graph: fx.Graph
 
@@ -574,6 +582,10 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             ids[node] = _reduce(out) if isinstance(out, Tensor) else type(out)(
                 _reduce(t) if isinstance(t, Tensor) else t for t in out)
             node.meta["sk_kind"] = "move"
+            if isinstance(first, Tensor):
+                why = _tie_layout(node, first, ids[node], atoms.union)
+                if why is not None:
+                    block([ids[a] for a in ins], why)
         elif ((node.op == "call_function" and node.target in _BINARY_FUNCTIONS)
               or (node.op == "call_method" and node.target in _BINARY_METHODS)) and isinstance(value, Tensor):
             operands = [a for a in node.args if isinstance(a, fx.Node) and isinstance(a.meta.get("value"), Tensor)]
@@ -601,8 +613,11 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             out = aligned[0].clone()
             for t in aligned[1:]:
                 both = (out >= 0) & (t >= 0)
-                for i, j in torch.stack([out[both], t[both]], 1).unique(dim=0).tolist():
-                    atoms.union(i, j)
+                width = len(atom_source) + 1
+                for key in (out[both] * width + t[both]).unique().tolist():
+                    i, j = divmod(key, width)
+                    if i != j:
+                        atoms.union(i, j)
                 lone = (out >= 0) ^ (t >= 0)
                 if bool(lone.any()):
                     block(torch.where(lone, torch.maximum(out, t), -1), f"{_describe(node)} combines some of "
@@ -617,45 +632,49 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
 
     # Units (atoms tied position by position), then groups (units linked through their sources).
     n = len(atom_source)
-    unit_root = torch.tensor([atoms.find(a) for a in range(n)], dtype=torch.long)
+    roots = [atoms.find(a) for a in range(n)]
     src_uf = _UnionFind()
     src_ids: dict[str, int] = {}
-    for s in atom_source:
-        if s not in src_ids:
-            src_ids[s] = src_uf.add()
-    first_src: dict[int, str] = {}
-    for a in range(n):
-        r = int(unit_root[a])
-        if r in first_src:
-            src_uf.union(src_ids[first_src[r]], src_ids[atom_source[a]])
-        else:
-            first_src[r] = atom_source[a]
-    gkey = [src_uf.find(src_ids[atom_source[a]]) for a in range(n)]
+    for name in atom_source:
+        if name not in src_ids:
+            src_ids[name] = src_uf.add()
+    src_of = [src_ids[name] for name in atom_source]
+    for a, r in enumerate(roots):
+        if r != a and src_of[r] != src_of[a]:
+            src_uf.union(src_of[r], src_of[a])
+    gkey = [src_uf.find(i) for i in src_of]
     order: dict[int, int] = {}
-    for a in range(n):
-        order.setdefault(gkey[a], len(order))
-    group_of_atom = torch.tensor([order[k] for k in gkey], dtype=torch.long)
+    for k in gkey:
+        order.setdefault(k, len(order))
+    group_list = [order[k] for k in gkey]
+    group_of_atom = torch.tensor(group_list, dtype=torch.long)
+    root_t = torch.tensor(roots, dtype=torch.long)
+    # unit index within its group: rank of the unit's root (its smallest atom) among the group's roots
+    unit_of_atom = torch.zeros(n, dtype=torch.long)
     groups = [ChannelGroup(channels=0) for _ in order]
-    unit_atoms: dict[int, list[int]] = {}
-    for a in range(n):
-        unit_atoms.setdefault(int(unit_root[a]), []).append(a)
-    unit_index: dict[int, tuple[int, int]] = {}
-    for root in sorted(unit_atoms):
-        g = groups[int(group_of_atom[root])]
-        unit_index[root] = (int(group_of_atom[root]), len(g.units))
-        g.units.append(torch.tensor(unit_atoms[root]))
-    for g in groups:
-        g.channels = len(g.units)
-    for a in range(n):
-        g = groups[int(group_of_atom[a])]
-        if not g.sources or g.sources[-1] != atom_source[a]:
-            if atom_source[a] not in g.sources:
-                g.sources.append(atom_source[a])
-        if a in blocked and g.blocked is None:
-            g.blocked = blocked[a]
+    by_group = torch.argsort(group_of_atom, stable=True)
+    bounds = torch.bincount(group_of_atom, minlength=len(groups)).tolist()
+    start = 0
+    for gi, count in enumerate(bounds):
+        members_ = by_group[start:start + count]
+        start += count
+        uniq, inverse = torch.unique(root_t[members_], return_inverse=True)
+        unit_of_atom[members_] = inverse
+        g = groups[gi]
+        g.atoms, g.atom_unit, g.channels = members_, inverse, len(uniq)
+    blocked_first = {}
+    for a in sorted(blocked):
+        blocked_first.setdefault(group_list[a], blocked[a])
+    seen_src: set[str] = set()
+    for a, name in enumerate(atom_source):
+        if name not in seen_src:
+            seen_src.add(name)
+            groups[group_list[a]].sources.append(name)
+    for gi, reason in blocked_first.items():
+        groups[gi].blocked = reason
 
     def groups_of(t: Tensor) -> list[int]:
-        return sorted(set(group_of_atom[t[t >= 0]].tolist()))
+        return group_of_atom[t[t >= 0]].unique().tolist()
 
     for r in roles:
         for gi in groups_of(r.atoms):
@@ -663,8 +682,7 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             if r.kind == "bn" and r.module not in g.norms:
                 g.norms.append(r.module)
             elif r.kind in ("in", "gin"):
-                mine = group_of_atom[r.atoms.clamp_min(0)] == gi
-                mine &= r.atoms >= 0
+                mine = (group_of_atom[r.atoms.clamp_min(0)] == gi) & (r.atoms >= 0)
                 count = int(mine.sum())
                 distinct = len(r.atoms[mine].unique())
                 g.consumers.append(Consumer(r.module, max(count // max(distinct, 1), 1),
@@ -681,8 +699,7 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             if bool((pos < 0).any()) or len(pos) % nblocks:
                 g.blocked = g.blocked or f"grouped convolution {name!r} reads channels that cannot be pruned"
                 continue
-            units = [sorted({unit_index[int(unit_root[a])][1] for a in blk.tolist()})
-                     for blk in pos.view(nblocks, -1)]
+            units = [sorted(set(unit_of_atom[blk].tolist())) for blk in pos.view(nblocks, -1)]
             covered = sorted(u for b in units for u in b)
             if covered != list(range(g.channels)) or len({len(b) for b in units}) != 1:
                 g.blocked = g.blocked or (f"grouped convolution {name!r} (groups={nblocks}) does not split "
@@ -700,7 +717,83 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             v = _varying(x)
             node.meta["channel_dim"] = v[0] if len(v) == 1 else 1
     return Dependencies(groups, roles, atom_source, torch.tensor(atom_index, dtype=torch.long),
-                        group_of_atom, ids, graph)
+                        group_of_atom, unit_of_atom, ids, graph)
+
+
+def _size_args(node: fx.Node) -> list[Any] | None:
+    """The target sizes of a view/reshape, one per output dim (None for other ops)."""
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        sizes = list(node.args[1:])
+    elif node.op == "call_function" and node.target is torch.reshape:
+        sizes = list(node.args[1:2])
+    else:
+        return None
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    return sizes
+
+
+def _tie_layout(node: fx.Node, before: Tensor, after: Any, union: Any) -> str | None:
+    """Ties that keep a reshape, chunk or index of the channels valid once channels are gone; or why it cannot be.
+
+    After pruning, the op runs on fewer channels with the sizes it computes at run time:
+    * a view that splits the channels into a grid (a channel shuffle's ``view(b, g, c // g, ...)``)
+      must lose the same cells of every row: cells are tied along every grid dim except the one
+      whose size is computed at run time (``c // g`` or ``-1``);
+    * ``chunk(n)`` along the channels must lose the same positions in every chunk (tied);
+    * a view with a constant channel count, a split with constant sizes, and an index that keeps
+      some channels by constant position cannot follow the pruning: blocked.
+    """
+    vary_in = _varying(before)
+    if not vary_in:
+        return None
+    if isinstance(after, Tensor):
+        vary_out = _varying(after)
+        sizes = _size_args(node)
+        if sizes is not None:
+            if len(sizes) != after.dim():
+                return f"{_describe(node)} reshapes them in a way sparsekit cannot follow"
+            dyn = [d for d in vary_out if isinstance(sizes[d], fx.Node) or sizes[d] == -1]
+            if len(dyn) != 1:
+                return f"{_describe(node)} reshapes them to a constant channel count"
+            if len(vary_out) > 1:
+                grid = after.movedim(dyn[0], -1)
+                grid = grid[tuple(slice(None) if grid.shape[d] > 1 or d == grid.dim() - 1 else 0
+                                  for d in range(grid.dim()))]
+                cols = grid.reshape(-1, grid.shape[-1])
+                for k in range(cols.shape[1]):
+                    col = cols[:, k][cols[:, k] >= 0].tolist()
+                    for a in col[1:]:
+                        union(col[0], a)
+            return None
+        kept_in = set(before[before >= 0].unique().tolist())
+        kept_out = set(after[after >= 0].unique().tolist())
+        if not kept_in <= kept_out and not (node.op == "call_function" and node.target is operator.getitem
+                                        and not isinstance(node.args[0].meta.get("value"), Tensor)):
+            return f"{_describe(node)} keeps some of them by constant position"
+        return None
+    # tuple outputs: chunk / split / unbind along the channels
+    if node.target in ("chunk", torch.chunk):
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        dim = dim % before.dim()
+        if dim not in vary_in:
+            return None
+        n = before.shape[dim]
+        chunks = len(after)
+        if n % chunks:
+            return f"{_describe(node)} splits {n} channels into {chunks} unequal chunks"
+        line = _line(before, dim, n).view(chunks, -1)
+        for k in range(line.shape[1]):
+            col = line[:, k][line[:, k] >= 0].tolist()
+            for a in col[1:]:
+                union(col[0], a)
+        return None
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 and node.target != "unbind" else 0)
+    if node.target in ("unbind", torch.unbind):
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    if isinstance(dim, int) and dim % before.dim() not in vary_in:
+        return None
+    return f"{_describe(node)} splits them at constant positions"
 
 
 def _scalars_only(node: fx.Node, inp: fx.Node) -> bool:

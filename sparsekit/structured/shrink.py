@@ -75,12 +75,11 @@ def _atom_scores(deps: dep.Dependencies, scores: Mapping[str, Tensor]) -> Tensor
 
 def _group_scores(group: dep.ChannelGroup, atom_scores: Tensor, kind: str) -> Tensor:
     """Summed importance of each unit's atoms (residual groups: the sum over the tied layers)."""
-    sizes = [len(u) for u in group.units]
-    vals = atom_scores[torch.cat(group.units)]
+    vals = atom_scores[group.atoms]
     if bool(vals.isnan().all()):
         raise ValueError(f"score {kind!r} has no entry for layer(s) {_group_label(group)}"
                          + ("; the 'bn' score needs a BatchNorm right after the layer" if kind == "bn" else ""))
-    return torch.stack([v.nansum() for v in vals.split(sizes)])
+    return torch.zeros(group.channels).index_add_(0, group.atom_unit, vals.nan_to_num(0.0))
 
 
 def _resolve_scores(model: nn.Module, example_input: Tensor,
@@ -450,8 +449,7 @@ def _plan(model: nn.Module, deps: dep.Dependencies, sparsity: float | Mapping[st
             raise ValueError(f"removing {n} of {g.channels} channels of {_group_label(g)} (sparsity {frac}, "
                              f"scope {scope!r}) would remove every channel; at least one must remain")
         gone = _removed_units(g, imps[gid], n)
-        for u in gone.nonzero().flatten().tolist():
-            removed[g.units[u]] = True
+        removed[g.atoms] = gone[g.atom_unit]
     start = 0
     while start < len(deps.atom_source):
         name = deps.atom_source[start]
@@ -504,3 +502,118 @@ def _global_counts(chosen: Mapping[int, tuple[dep.ChannelGroup, float]], imps: M
         nb = len(g.blocks) if g.blocks is not None else 1
         out[gid] = counts[i] // nb * nb
     return out
+
+
+# ---------------------------------------------------------------------------------
+# The zero-channel reference, and plans that rebuild a shrunk model
+# ---------------------------------------------------------------------------------
+
+def _removed_atoms(deps: dep.Dependencies, removed: Mapping[str, Tensor]) -> Tensor:
+    """``{source: removed channels}`` as a bool per atom of ``deps``."""
+    if not isinstance(removed, Mapping):
+        raise TypeError(f"plan must be a ChannelPlan or a mapping layer -> channels, got {type(removed).__name__}")
+    start: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for a, s in enumerate(deps.atom_source):
+        start.setdefault(s, a)
+        count[s] = count.get(s, 0) + 1
+    out = torch.zeros(len(deps.atom_source), dtype=torch.bool)
+    for name, idx in removed.items():
+        if name not in start:
+            raise ValueError(f"plan names {name!r}, which is not a Conv/Linear output of the model")
+        idx = torch.as_tensor(idx, dtype=torch.long).flatten()
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= count[name]):
+            raise ValueError(f"plan removes channels {idx.tolist()} of {name!r}, which has {count[name]}")
+        out[start[name] + idx] = True
+    for g in deps.groups:  # a unit goes whole or not at all
+        hits = torch.zeros(g.channels, dtype=torch.long).index_add_(0, g.atom_unit, out[g.atoms].long())
+        sizes = torch.bincount(g.atom_unit, minlength=g.channels)
+        if bool(((hits > 0) & (hits < sizes)).any()):
+            raise ValueError(f"plan removes part of a tied unit of {_group_label(g)}: channels tied together "
+                                 "must be removed together")
+    return out
+
+
+def _plan_mapping(plan: ChannelPlan | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    return plan.removed if isinstance(plan, ChannelPlan) else plan
+
+
+def cut_removed_inputs(model: nn.Module, plan: ChannelPlan | Mapping[str, Tensor],
+                       example_input: Tensor) -> nn.Module:
+    """A copy of ``model`` in which every weight that *reads* a removed channel is zero: the zero-channel reference.
+
+    Removing a channel and cutting every edge that reads it compute the same function,
+    so ``shrink_channels(model, ...)`` must equal ``cut_removed_inputs(model,
+    small.channel_plan, x)`` (up to rounding). The consumers' input columns (grouped
+    convolutions: each group's own columns) are zeroed; nothing is removed.
+    """
+    ref = copy_model(model)
+    with eval_mode(ref):
+        deps = dep.dependencies(ref, example_input)
+        removed = _removed_atoms(deps, _plan_mapping(plan))
+    modules = dict(ref.named_modules())
+    with torch.no_grad():
+        for r in deps.roles:
+            if r.kind not in ("in", "gin"):
+                continue
+            gone = ((r.atoms >= 0) & removed[r.atoms.clamp_min(0)]).nonzero().flatten()
+            w = modules[r.module].weight
+            if r.kind == "in":
+                w[:, gone] = 0.0
+            else:
+                in_g, out_g = w.shape[1], w.shape[0] // modules[r.module].groups
+                for p in gone.tolist():
+                    j = p // in_g
+                    w[j * out_g:(j + 1) * out_g, p - j * in_g] = 0.0
+    return ref
+
+
+def apply_plan(model: nn.Module, plan: ChannelPlan | Mapping[str, Tensor], example_input: Tensor) -> nn.Module:
+    """A new, smaller copy of ``model`` with exactly the channels of ``plan`` removed (no scores, no selection).
+
+    ``plan``: a :class:`ChannelPlan` or its ``removed`` mapping ``{layer: channels}``. On
+    a fresh model from the same constructor this rebuilds the architecture of the model
+    ``shrink_channels`` returned, so its ``state_dict`` loads (:func:`load_shrunk`).
+    Constant removed channels are folded into the consumers' biases, as in
+    :func:`shrink_channels`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    new = copy_model(model)
+    if any(parametrize.is_parametrized(m) for m in new.modules()):
+        remove_masks(new)
+    mapping = _plan_mapping(plan)
+    with eval_mode(new):
+        deps = dep.dependencies(new, example_input)
+        removed = _removed_atoms(deps, mapping)
+        _fold_constants(new, deps, removed, _constants(new, deps))
+        _apply(new, deps, removed)
+        _check_runs(new, model, example_input)
+    new.channel_plan = ChannelPlan(removed={k: torch.as_tensor(v, dtype=torch.long).clone()
+                                            for k, v in mapping.items()})
+    return new
+
+
+def save_shrunk(model: nn.Module, f: Any) -> None:
+    """Save a model returned by :func:`shrink_channels` as ``{"plan": {layer: removed}, "state_dict": ...}``.
+
+    Only tensors and strings: it loads with ``torch.load(f, weights_only=True)``.
+    """
+    plan = getattr(model, "channel_plan", None)
+    if not isinstance(plan, ChannelPlan):
+        raise ValueError(f"{type(model).__name__} has no channel_plan; save a model returned by shrink_channels")
+    torch.save({"plan": plan.state(), "state_dict": model.state_dict()}, f)
+
+
+def load_shrunk(model: nn.Module, f: Any, example_input: Tensor) -> nn.Module:
+    """Rebuild a shrunk model saved by :func:`save_shrunk` from a fresh ``model`` of the same constructor.
+
+    Reads with ``torch.load(f, weights_only=True)``, shrinks a copy of ``model`` by the
+    saved plan (:func:`apply_plan`), then loads the saved weights into it (strict).
+    """
+    saved = torch.load(f, weights_only=True)
+    if not isinstance(saved, dict) or set(saved) != {"plan", "state_dict"}:
+        raise ValueError("the file does not hold a model saved by save_shrunk")
+    new = apply_plan(model, saved["plan"], example_input)
+    new.load_state_dict(saved["state_dict"])
+    return new
