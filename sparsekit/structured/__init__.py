@@ -31,7 +31,15 @@ Every name is importable from here (``sk.structured.shrink_channels``).
 from __future__ import annotations
 
 from ..report import Cost, cost
-from .heads import attention_layers, head_importance, head_magnitude, select_heads, shrink_heads
+from .heads import (
+    ShrunkMultiheadAttention,
+    attention_layers,
+    head_importance,
+    head_magnitude,
+    mha_layers,
+    select_heads,
+    shrink_heads,
+)
 from .importance import (
     LossFn,
     bn_importance,
@@ -43,8 +51,6 @@ from .importance import (
     slimming_loss,
     taylor_importance,
 )
-
-# from .heads import mha_layers
 from .shrink import (
     CHANNEL_SCORES,
     ChannelPlan,
@@ -57,8 +63,9 @@ from .shrink import (
 )
 
 __all__ = [
-    "CHANNEL_SCORES", "ChannelPlan", "Cost", "apply_plan", "cut_removed_inputs", "load_shrunk",
-    "save_shrunk", "LossFn", "attention_layers", "bn_importance", "bn_l1_penalty", "channel_groups",
-    "cost", "gate_gradients", "head_importance", "head_magnitude", "l1_importance", "random_importance",
-    "select_heads", "shrink_channels", "shrink_heads", "slimming_hook", "slimming_loss", "taylor_importance",
+    "CHANNEL_SCORES", "ChannelPlan", "Cost", "LossFn", "ShrunkMultiheadAttention", "apply_plan", "attention_layers",
+    "bn_importance", "bn_l1_penalty", "channel_groups", "cost", "cut_removed_inputs", "gate_gradients",
+    "head_importance", "head_magnitude", "l1_importance", "load_shrunk", "mha_layers", "random_importance",
+    "save_shrunk", "select_heads", "shrink_channels", "shrink_heads", "slimming_hook", "slimming_loss",
+    "taylor_importance",
 ]
