@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.func import functional_call
 
 from .train import eval_mode
 
@@ -221,8 +222,33 @@ def trace(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> fx.Gr
                 raise ValueError(f"{tracer.shape_branches[0]} branches on a shape, and the branch the example "
                                  f"input takes does not use {off_path}: a model shrunk along it could fail "
                                  "on inputs taking the other branch")
-        _ValueInterpreter(fx.GraphModule(model, graph)).run(*inputs)
+        _record_values(fx.GraphModule(model, graph), inputs)
     return graph
+
+
+class _RunGraph(nn.Module):
+    """Runs a GraphModule through :class:`_ValueInterpreter` (so ``functional_call`` can swap its tensors)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *inputs: Tensor) -> Any:
+        return _ValueInterpreter(self.gm).run(*inputs)
+
+
+def _record_values(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> None:
+    """Every node's value in ``meta["value"]``: only shapes are needed, so the run is on the ``meta``
+    device (no arithmetic; ``torch.func.functional_call`` swaps in meta copies of the parameters and
+    buffers). An op without a meta implementation falls back to the real run."""
+    runner = _RunGraph(gm)
+    tensors = dict(runner.named_parameters())
+    tensors.update(dict(runner.named_buffers()))
+    try:
+        meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+        functional_call(runner, meta, tuple(x.to("meta") for x in inputs), strict=False)
+    except Exception:  # noqa: BLE001 - any failure on meta tensors: compute the real values instead
+        runner(*inputs)
 
 # ---------------------------------------------------------------------------------
 # Channel groups: every channel is an *atom*; operations tie atoms into *units*

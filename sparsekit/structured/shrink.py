@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from .. import _validate
@@ -139,6 +140,8 @@ def _constants(model: nn.Module, deps: dep.Dependencies) -> dict[fx.Node, tuple[
     """
     modules = dict(model.named_modules())
     state: dict[fx.Node, Any] = {}
+    if not _any_constant(modules, deps):
+        return state
 
     def false_like(ids: Tensor) -> tuple[Tensor, Tensor]:
         return torch.zeros(ids.shape, dtype=torch.bool), torch.zeros(ids.shape)
@@ -208,6 +211,18 @@ def _constants(model: nn.Module, deps: dep.Dependencies) -> dict[fx.Node, tuple[
             if isinstance(ids, Tensor):
                 state[node] = false_like(ids)
     return state
+
+
+def _any_constant(modules: Mapping[str, nn.Module], deps: dep.Dependencies) -> bool:
+    """True when some channel can be constant: an all-zero filter, or a BatchNorm with ``gamma == 0``."""
+    with torch.no_grad():
+        for r in deps.roles:
+            m = modules[r.module]
+            if r.kind in ("out", "dw") and bool((m.weight.reshape(m.weight.shape[0], -1) == 0).all(1).any()):
+                return True
+            if r.kind == "bn" and m.weight is not None and bool((m.weight == 0).any()):
+                return True
+    return False
 
 
 def _fold_constants(model: nn.Module, deps: dep.Dependencies, removed: Tensor,
@@ -375,6 +390,16 @@ def shrink_channels(model: nn.Module, sparsity: float | Mapping[str, float], exa
 
 
 def _check_runs(new: nn.Module, model: nn.Module, example_input: Tensor) -> None:
+    """The shrunk copy must run on the example: checked on the ``meta`` device (shapes only), else for real."""
+    tensors = dict(new.named_parameters())
+    tensors.update(dict(new.named_buffers()))
+    try:
+        meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+        with torch.no_grad():
+            functional_call(new, meta, (example_input.to("meta"),), strict=False)
+        return
+    except Exception:  # noqa: BLE001, S110 - whatever failed on meta tensors is decided by the real run below
+        pass
     try:
         with torch.no_grad():
             new(example_input)
