@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
+
 def import_torchvision() -> ModuleType | None:
     """``torchvision``, or None when it cannot be imported even with the workaround."""
     try:
