@@ -9,11 +9,17 @@ channels are added to it. Sources tied by additions form one *group*: their chan
 are pruned together or not at all.
 
 The idea is DepGraph's (Fang et al. 2023): find these dependencies from the model's
-computational graph instead of per-model tables. This module is a small version of it
-for the cases the book needs (Conv/Linear/BatchNorm/activations/pools/flatten/add).
-Anything else that touches a channel (concatenation, reshapes, LayerNorm, the model
-output, ...) *blocks* the group, with the reason recorded so callers can say which
-module and which operation stopped them.
+computational graph instead of per-model tables. Here every output channel of a
+Conv/Linear is an *atom*, and every tensor of the graph carries the atom of each of its
+channels (:func:`dependencies`). Operations that only move elements (reshape, permute,
+concatenation, chunk, a channel shuffle, flatten, indexing) are run on the atom labels
+themselves, so any rearrangement is followed exactly; element-wise products and sums
+(residual additions, squeeze-and-excitation gates) tie atoms into units pruned together;
+a depthwise convolution passes its input's atoms on, and a grouped convolution asks
+every group to lose the same number. What cannot stay exact *blocks* the group, with
+the reason recorded so callers can say which module and which operation stopped them:
+a LayerNorm over the channels, a tensor combined with them but not pruned with them, a
+reshape or slice with constant sizes, an unknown module, the model output.
 
 Models are traced with public ``torch.fx`` (symbolic tracing, then an
 ``fx.Interpreter`` run for the values on an example input). Python control flow on
