@@ -323,12 +323,17 @@ class Role:
     """One dimension of one module indexed by atoms: ``kind`` is ``"out"`` (weight rows; a
     source, or a depthwise convolution), ``"bn"`` (BatchNorm entries), ``"in"`` (weight
     columns of a consumer), ``"gin"`` (input columns of a grouped convolution, per group);
-    ``atoms[p]``: the atom at position ``p`` (-1: none); ``node``: the consumer's input."""
+    ``"ln"`` (a LayerNorm's weight and bias, pruned only with ``allow_inexact``), ``"param"``
+    (dim ``dim`` of the module's tensor ``attr``: a per-channel scale such as ConvNeXt's
+    ``layer_scale``); ``atoms[p]``: the atom at position ``p`` (-1: none); ``node``: the
+    consumer's input."""
 
     module: str
     kind: str
     atoms: Tensor
     node: fx.Node | None = None
+    attr: str = ""
+    dim: int = 0
 
 
 @dataclass
@@ -343,6 +348,7 @@ class Dependencies:
     unit_of_atom: Tensor       # atom -> its unit's index within its group
     ids: dict[fx.Node, Any]    # node -> id tensor (or tuple of them)
     graph: fx.Graph
+    inexact: list[str] = field(default_factory=list)  # LayerNorms pruned with allow_inexact
 
 
 class _UnionFind:
@@ -451,8 +457,12 @@ def _reduced_dims(node: fx.Node, ndim: int) -> tuple[list[int], bool] | None:
 
 
 def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
-                 graph: fx.Graph | None = None) -> Dependencies:
+                 graph: fx.Graph | None = None, *, allow_inexact: bool = False) -> Dependencies:
     """The channel dependencies of ``model``: groups, and which module dims each atom indexes.
+
+    ``allow_inexact``: a LayerNorm over the channels (ConvNeXt, ViT) no longer blocks them;
+    its weight and bias are pruned with them, and the pruned model normalizes over the
+    kept channels only: a different function (a ``UserWarning`` says so where it is used).
 
     See the comment above for the model (atoms, units, groups). A group is *blocked*
     (with the reason) when its channels reach the model output or an operation this
@@ -471,6 +481,7 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
     members: list[tuple[str, Tensor]] = []
     ids: dict[fx.Node, Any] = {}
     seen_sources: set[str] = set()
+    inexact: list[str] = []
 
     def block(x: Any, reason: str) -> None:
         for t in _flat_ids(x):
@@ -570,9 +581,15 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             else:
                 shape = module.normalized_shape if module is not None else node.args[1]
                 normed = list(range(value.dim() - len(shape), value.dim()))
-            if set(_varying(first)) & set(normed):
+            over = set(_varying(first)) & set(normed)
+            owner = _norm_owner(node, module)
+            if over and allow_inexact and len(normed) == 1 and owner is not None:
+                roles.append(Role(owner, "ln", _line(first, normed[0], value.shape[normed[0]])))
+                inexact.append(owner)
+            elif over:
                 block(first, f"{_describe(node)} normalizes over them: removing a channel changes the mean "
-                      "and variance of the others, so the pruned model would compute a different function")
+                      "and variance of the others, so the pruned model would compute a different function "
+                      "(allow_inexact=True prunes them anyway)")
             ids[node] = first
             node.meta["sk_kind"] = "opaque"
         elif single and (isinstance(module, _ELEMENTWISE_MODULES) or value is ins[0].meta.get("value")
@@ -638,7 +655,13 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
                 shape = list(a.meta["value"].shape)
                 shape = [1] * (value.dim() - len(shape)) + shape
                 if any(shape[d] > 1 for d in vary):
-                    bad = a
+                    param = _channel_param(model, a, shape, tshape, vary, value.dim())
+                    if param is None:
+                        bad = a
+                    else:  # a per-channel parameter (ConvNeXt's layer_scale): pruned with the channels
+                        owner, attr, dim, d = param
+                        line = _line(torch.stack(aligned).amax(0), d, tshape[d])
+                        roles.append(Role(owner, "param", line, attr=attr, dim=dim))
             if bad is not None:
                 block([ids[a] for a in carried], f"{_describe(node)} combines them with {_describe(bad)}, "
                       "which is not pruned along them")  # still followed: what they are tied to is blocked too
@@ -749,7 +772,39 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             v = _varying(x)
             node.meta["channel_dim"] = v[0] if len(v) == 1 else 1
     return Dependencies(groups, roles, atom_source, torch.tensor(atom_index, dtype=torch.long),
-                        group_of_atom, unit_of_atom, ids, graph)
+                        group_of_atom, unit_of_atom, ids, graph, inexact)
+
+
+def _norm_owner(node: fx.Node, module: nn.Module | None) -> str | None:
+    """The LayerNorm module whose weight and bias ``node`` uses (a module call, or ``F.layer_norm``
+    on a module's ``get_attr`` tensors, as in torchvision's ``LayerNorm2d``)."""
+    if isinstance(module, nn.LayerNorm):
+        return str(node.target)
+    if module is None and node.target is F.layer_norm:
+        w = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
+        if isinstance(w, fx.Node) and w.op == "get_attr" and str(w.target).endswith(".weight"):
+            return str(w.target).rsplit(".", 1)[0]
+    return None
+
+
+def _channel_param(model: nn.Module, node: fx.Node, shape: list[int], tshape: list[int], vary: set[int],
+                   ndim: int) -> tuple[str, str, int, int] | None:
+    """``(module, attribute, its dim, channel dim)`` when ``node`` is a module's parameter that is
+    per-channel along the single varying dim (ConvNeXt's ``layer_scale``), else None."""
+    if node.op != "get_attr" or len(vary) != 1:
+        return None
+    (d,) = vary
+    if shape[d] != tshape[d] or any(s > 1 for i, s in enumerate(shape) if i != d):
+        return None
+    owner, _, attr = str(node.target).rpartition(".")
+    try:
+        module = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return None
+    if not isinstance(getattr(module, attr, None), Tensor):
+        return None
+    own_dim = d - (ndim - node.meta["value"].dim())
+    return (owner, attr, own_dim, d) if own_dim >= 0 else None
 
 
 def _size_args(node: fx.Node) -> list[Any] | None:
@@ -839,7 +894,7 @@ def _scalars_only(node: fx.Node, inp: fx.Node) -> bool:
 
 
 def channel_groups(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
-                   graph: fx.Graph | None = None) -> list[ChannelGroup]:
+                   graph: fx.Graph | None = None, *, allow_inexact: bool = False) -> list[ChannelGroup]:
     """The channel groups of ``model`` (tied Conv/Linear outputs), in source order.
 
     Each Conv/Linear output starts a group; residual additions, per-channel gates
@@ -848,7 +903,7 @@ def channel_groups(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
     (with the reason) when its channels reach the model output or an operation this
     analysis does not model.
     """
-    return dependencies(model, example_input, graph).groups
+    return dependencies(model, example_input, graph, allow_inexact=allow_inexact).groups
 
 
 def _prod(xs: tuple[int, ...]) -> int:

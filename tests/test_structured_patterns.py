@@ -322,3 +322,47 @@ def test_save_and_reload_with_weights_only(tmp_path) -> None:
     torch.save({"a": torch.ones(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="save_shrunk"):
         S.load_shrunk(sk.models.CNN1d(), tmp_path / "other.pt", torch.randn(4, 40))
+
+
+class _LayerScale(nn.Module):
+    """ConvNeXt's block in full: depthwise conv, LayerNorm channels-last, MLP, per-channel layer_scale."""
+
+    def __init__(self, norm: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.norm = nn.LayerNorm(8) if norm else nn.Identity()
+        self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.layer_scale = nn.Parameter(torch.ones(8, 1, 1))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        h = self.down(F.gelu(self.up(self.norm(self.dw(x).permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+        return self.head((x + self.layer_scale * h).mean((2, 3)))
+
+
+def test_layer_scale_parameter_is_pruned_with_its_channels() -> None:
+    model = _randomize(_LayerScale(norm=False))
+    small = S.shrink_channels(model, 0.5, _x(12))
+    assert small.channel_plan.skipped == {}
+    keep = [c for c in range(8) if c not in small.channel_plan.removed["stem"]]
+    assert torch.equal(small.layer_scale, model.layer_scale[keep])
+    _check_exact(model, small)
+
+
+def test_allow_inexact_prunes_through_layernorm_and_warns() -> None:
+    model = _randomize(_LayerScale(norm=True))
+    assert "'stem'+'down'" in S.shrink_channels(model, 0.5, _x(12)).channel_plan.skipped
+    with pytest.warns(UserWarning, match=r"allow_inexact: channels normalized by LayerNorm \['norm'\]"):
+        small = S.shrink_channels(model, 0.5, _x(12), allow_inexact=True)
+    assert small.channel_plan.skipped == {}
+    assert small.norm.normalized_shape == (4,) and small.norm.weight.shape == (4,)
+    assert small.stem.out_channels == small.layer_scale.shape[0] == small.head.in_features == 4
+    for size in SIZES:  # it runs at any size, and it is not the zero-channel model: the norm changed
+        x = _x(size)
+        ref = S.cut_removed_inputs(model, small.channel_plan, x)
+        with torch.no_grad():
+            assert (small(x) - ref(x)).abs().max() > 1e-3
+    with pytest.raises(TypeError, match="allow_inexact"):
+        S.shrink_channels(model, 0.5, _x(12), allow_inexact="yes")

@@ -282,7 +282,7 @@ def keep_entries(module: nn.Module, name: str, index: Tensor, dim: int = 0) -> N
 def _apply(model: nn.Module, deps: dep.Dependencies, removed: Tensor) -> None:
     """Remove the ``removed`` atoms (bool per atom) from every module dimension they index, in place."""
     modules = dict(model.named_modules())
-    order = {"in": 0, "gin": 0, "out": 1, "dw": 1, "bn": 1}
+    order = {"in": 0, "gin": 0, "out": 1, "dw": 1, "bn": 1, "ln": 1, "param": 1}
     for r in sorted(deps.roles, key=lambda r: order[r.kind]):
         keep = (r.atoms < 0) | ~removed[r.atoms.clamp_min(0)]
         if bool(keep.all()):
@@ -306,6 +306,12 @@ def _apply(model: nn.Module, deps: dep.Dependencies, removed: Tensor) -> None:
             for name in ("weight", "bias", "running_mean", "running_var"):
                 keep_entries(m, name, idx)
             m.num_features = len(idx)
+        elif r.kind == "ln":
+            keep_entries(m, "weight", idx)
+            keep_entries(m, "bias", idx)
+            m.normalized_shape = (len(idx),)
+        elif r.kind == "param":
+            keep_entries(m, r.attr, idx, dim=r.dim)
         elif r.kind == "in":
             keep_entries(m, "weight", idx, dim=1)
             if isinstance(m, nn.Linear):
@@ -333,7 +339,8 @@ def channel_groups(model: nn.Module, example_input: Tensor) -> list[dep.ChannelG
 
 def shrink_channels(model: nn.Module, sparsity: float | Mapping[str, float], example_input: Tensor, *,
                     score: str | Mapping[str, Tensor] = "l1", layers: Sequence[str] | None = None,
-                    scope: str = "layer", max_fraction: float | None = None, strict: bool = False) -> nn.Module:
+                    scope: str = "layer", max_fraction: float | None = None, strict: bool = False,
+                    allow_inexact: bool = False) -> nn.Module:
     """A new, physically smaller copy of ``model`` with the least important channels removed.
 
     Args:
@@ -358,6 +365,10 @@ def shrink_channels(model: nn.Module, sparsity: float | Mapping[str, float], exa
             The global threshold skips channels of groups at their limit, so no layer is
             ever emptied.
         strict: raise ``ValueError`` for a group the default call would skip.
+        allow_inexact: also prune channels that a LayerNorm normalizes over (ConvNeXt,
+            ViT), with the norm's weight and bias. The pruned model then normalizes over
+            the kept channels only, so it computes a different function: a
+            ``UserWarning`` names the LayerNorms. Default: such groups are skipped.
 
     The BatchNorm after a removed channel, depthwise filters, and the next layer's input
     columns (through ``Flatten``, concatenations, splits and channel shuffles too)
@@ -374,19 +385,30 @@ def shrink_channels(model: nn.Module, sparsity: float | Mapping[str, float], exa
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     if max_fraction is not None:
         max_fraction = _validate.fraction(max_fraction, "max_fraction")
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    _validate_bool(strict, "strict")
     new = copy_model(model)
     if any(parametrize.is_parametrized(m) for m in new.modules()):
         remove_masks(new)
     with eval_mode(new):
-        deps = dep.dependencies(new, example_input)
+        deps = dep.dependencies(new, example_input, allow_inexact=_validate_bool(allow_inexact, "allow_inexact"))
         removed, plan = _plan(new, deps, sparsity, example_input, score, layers, scope, max_fraction, strict)
+        touched = sorted({r.module for r in deps.roles if r.kind == "ln"
+                          and bool(((r.atoms >= 0) & removed[r.atoms.clamp_min(0)]).any())})
+        if touched:
+            warnings.warn(f"allow_inexact: channels normalized by LayerNorm {touched} are removed; these norms "
+                          "now take their mean and variance over the kept channels only, so the pruned model "
+                          "computes a different function (fine-tune it)", UserWarning, stacklevel=2)
         _fold_constants(new, deps, removed, _constants(new, deps))
         _apply(new, deps, removed)
         _check_runs(new, model, example_input)
     new.channel_plan = plan
     return new
+
+
+def _validate_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def _check_runs(new: nn.Module, model: nn.Module, example_input: Tensor) -> None:
