@@ -34,6 +34,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -109,6 +110,14 @@ def measure(tv, tp, name: str) -> dict[str, object]:
         row.update(ok=True, skipped=small.channel_plan.skipped, groups=len(groups),
                    pruned=len(groups) - 1 - len(small.channel_plan.skipped),
                    macs=c.flops / dense.flops, params=c.params / dense.params)
+    if any(isinstance(m, nn.LayerNorm) for m in model.modules()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                loose = sk.structured.shrink_channels(model, SPARSITY, x, allow_inexact=True)
+                row["inexact"] = (sk.structured.cost(loose, x).flops / dense.flops, len(loose.channel_plan.skipped))
+            except Exception as err:  # noqa: BLE001
+                row["inexact"] = f"{type(err).__name__}"
     if tp is not None:
         t = time.perf_counter()
         try:
@@ -198,6 +207,12 @@ def render(rows: list[dict[str, object]], sp: dict[str, object] | None, tv, tp, 
         if len(skipped) > 3:
             notes.append(f"* {r['model']}: … and {len(skipped) - 3} more groups with the same kind of reason")
     lines += ["", "Groups counted without the classifier's (its channels are the model output).", ""]
+    loose = [(r["model"], r["inexact"]) for r in rows if "inexact" in r]
+    if loose:
+        lines += ["With `allow_inexact=True` (LayerNorm over the channels pruned too: a different function, "
+                  "to be fine-tuned): " + "; ".join(
+                      f"{m}: MACs after {pct(v[0])}, {v[1]} groups still skipped" if isinstance(v, tuple)
+                      else f"{m}: {v}" for m, v in loose) + ".", ""]
     if notes:
         lines += ["Skipped groups (the default call's report, `small.channel_plan.skipped`):", ""] + notes + [""]
     if sp is not None:

@@ -243,11 +243,18 @@ class _RunGraph(nn.Module):
         return _ValueInterpreter(self.gm).run(*inputs)
 
 
+META_ABOVE = 1_000_000  # input elements above which shapes come from a meta-device run
+
+
 def _record_values(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> None:
-    """Every node's value in ``meta["value"]``: only shapes are needed, so the run is on the ``meta``
-    device (no arithmetic; ``torch.func.functional_call`` swaps in meta copies of the parameters and
-    buffers). An op without a meta implementation falls back to the real run."""
+    """Every node's value in ``meta["value"]``. Only shapes are needed: for a large example the run
+    is on the ``meta`` device (no arithmetic; ``torch.func.functional_call`` swaps in meta copies of
+    the parameters and buffers), falling back to the real run for an op without a meta kernel. A
+    small example (a few images) runs for real: meta kernels are Python and slower there."""
     runner = _RunGraph(gm)
+    if sum(x.numel() for x in inputs) <= META_ABOVE:
+        runner(*inputs)
+        return
     tensors = dict(runner.named_parameters())
     tensors.update(dict(runner.named_buffers()))
     try:
@@ -485,7 +492,9 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
 
     def block(x: Any, reason: str) -> None:
         for t in _flat_ids(x):
-            for a in t[t >= 0].unique().tolist():
+            hit = torch.zeros(len(atom_source), dtype=torch.bool)
+            hit[t[t >= 0]] = True  # a scatter: cheaper than sorting large id tensors
+            for a in hit.nonzero().flatten().tolist():
                 blocked.setdefault(a, reason)
 
     def fresh(name: str, n: int) -> Tensor:

@@ -218,7 +218,8 @@ def _any_constant(modules: Mapping[str, nn.Module], deps: dep.Dependencies) -> b
     with torch.no_grad():
         for r in deps.roles:
             m = modules[r.module]
-            if r.kind in ("out", "dw") and bool((m.weight.reshape(m.weight.shape[0], -1) == 0).all(1).any()):
+            if r.kind in ("out", "dw") and int(torch.count_nonzero(m.weight)) < m.weight.numel() \
+                    and bool((m.weight.reshape(m.weight.shape[0], -1) == 0).all(1).any()):
                 return True
             if r.kind == "bn" and m.weight is not None and bool((m.weight == 0).any()):
                 return True
@@ -412,14 +413,19 @@ def _validate_bool(value: object, name: str) -> bool:
 
 
 def _check_runs(new: nn.Module, model: nn.Module, example_input: Tensor) -> None:
-    """The shrunk copy must run on the example: checked on the ``meta`` device (shapes only), else for real."""
-    tensors = dict(new.named_parameters())
-    tensors.update(dict(new.named_buffers()))
+    """The shrunk copy must run on the example: for a large example checked on the ``meta`` device
+    (shapes only), else (and when meta fails) for real."""
+    if not isinstance(example_input, Tensor) or example_input.numel() <= dep.META_ABOVE:
+        tensors = {}
+    else:
+        tensors = dict(new.named_parameters())
+        tensors.update(dict(new.named_buffers()))
     try:
-        meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
-        with torch.no_grad():
-            functional_call(new, meta, (example_input.to("meta"),), strict=False)
-        return
+        if tensors:
+            meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+            with torch.no_grad():
+                functional_call(new, meta, (example_input.to("meta"),), strict=False)
+            return
     except Exception:  # noqa: BLE001, S110 - whatever failed on meta tensors is decided by the real run below
         pass
     try:
