@@ -232,6 +232,12 @@ def trace(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> fx.Gr
     return graph
 
 
+def _work(model: nn.Module, inputs: Any) -> int:
+    """Input elements times parameters: a rough measure of what a real forward pass costs."""
+    xs = inputs if isinstance(inputs, tuple) else (inputs,)
+    return sum(x.numel() for x in xs if isinstance(x, Tensor)) * sum(p.numel() for p in model.parameters())
+
+
 class _RunGraph(nn.Module):
     """Runs a GraphModule through :class:`_ValueInterpreter` (so ``functional_call`` can swap its tensors)."""
 
@@ -243,16 +249,17 @@ class _RunGraph(nn.Module):
         return _ValueInterpreter(self.gm).run(*inputs)
 
 
-META_ABOVE = 1_000_000  # input elements above which shapes come from a meta-device run
+META_ABOVE = 10 ** 13  # input elements x parameters above which shapes come from a meta-device run
 
 
 def _record_values(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> None:
     """Every node's value in ``meta["value"]``. Only shapes are needed: for a large example the run
     is on the ``meta`` device (no arithmetic; ``torch.func.functional_call`` swaps in meta copies of
-    the parameters and buffers), falling back to the real run for an op without a meta kernel. A
-    small example (a few images) runs for real: meta kernels are Python and slower there."""
+    the parameters and buffers), falling back to the real run for an op without a meta kernel. When
+    the real run is cheap (input elements x parameters below ``META_ABOVE``) it is used: meta
+    kernels are Python and slower there."""
     runner = _RunGraph(gm)
-    if sum(x.numel() for x in inputs) <= META_ABOVE:
+    if _work(gm, inputs) <= META_ABOVE:
         runner(*inputs)
         return
     tensors = dict(runner.named_parameters())
@@ -738,7 +745,7 @@ def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
         groups[gi].blocked = reason
 
     def groups_of(t: Tensor) -> list[int]:
-        return group_of_atom[t[t >= 0]].unique().tolist()
+        return torch.bincount(group_of_atom[t[t >= 0]], minlength=len(groups)).nonzero().flatten().tolist()
 
     for r in roles:
         for gi in groups_of(r.atoms):

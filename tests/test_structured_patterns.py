@@ -366,3 +366,19 @@ def test_allow_inexact_prunes_through_layernorm_and_warns() -> None:
             assert (small(x) - ref(x)).abs().max() > 1e-3
     with pytest.raises(TypeError, match="allow_inexact"):
         S.shrink_channels(model, 0.5, _x(12), allow_inexact="yes")
+
+
+def test_meta_device_shapes_give_the_same_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large examples take their shapes from a meta-device run: same plan, same shrunk model."""
+    from sparsekit import graph
+
+    model = _randomize(_Shuffle())
+    real = S.shrink_channels(model, 0.5, _x(12))
+    monkeypatch.setattr(graph, "META_ABOVE", 0)
+    meta = S.shrink_channels(model, 0.5, _x(12))
+    g = graph.trace(model, _x(12))
+    assert {n.meta["value"].device.type for n in g.nodes if isinstance(n.meta.get("value"), torch.Tensor)} == {"meta"}
+    assert real.channel_plan.removed.keys() == meta.channel_plan.removed.keys()
+    assert all(torch.equal(real.channel_plan.removed[k], meta.channel_plan.removed[k]) for k in real.channel_plan.removed)
+    with torch.no_grad():
+        assert torch.equal(real(_x(17)), meta(_x(17)))

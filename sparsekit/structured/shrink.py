@@ -415,7 +415,7 @@ def _validate_bool(value: object, name: str) -> bool:
 def _check_runs(new: nn.Module, model: nn.Module, example_input: Tensor) -> None:
     """The shrunk copy must run on the example: for a large example checked on the ``meta`` device
     (shapes only), else (and when meta fails) for real."""
-    if not isinstance(example_input, Tensor) or example_input.numel() <= dep.META_ABOVE:
+    if dep._work(new, example_input) <= dep.META_ABOVE:
         tensors = {}
     else:
         tensors = dict(new.named_parameters())
