@@ -142,7 +142,8 @@ def phases(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
         return value
 
     new = step("copy the model", lambda: copy_model(model))
-    graph = step("trace (torch.fx) + shapes (a real forward pass here, meta device for large models)", lambda: dep.trace(new, x))
+    graph = step("trace (torch.fx) + shapes (a real forward pass here, meta device for large models)",
+                 lambda: dep.trace(new, x))
     deps = step("dependency analysis", lambda: dep.dependencies(new, x, graph))
     removed, _ = step("scores + selection", lambda: sh._plan(new, deps, SPARSITY, x, "l1", None, "layer", None, False))
     consts = step("constant channels", lambda: sh._constants(new, deps))
