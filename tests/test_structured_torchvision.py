@@ -49,3 +49,26 @@ def test_default_call_prunes_every_group_exactly(name: str) -> None:
             want, got = ref(check), small(check)
         assert float((got - want).norm() / want.norm()) < 1e-5
     assert S.cost(small, x).flops < 0.45 * S.cost(model, x).flops
+
+
+def test_heads_of_torchvision_vit() -> None:
+    """Michel et al.'s head importance and head removal on torchvision's ViT (nn.MultiheadAttention)."""
+    torch.manual_seed(0)
+    vit = _tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32,
+                                       mlp_dim=64, num_classes=10).eval()
+    with torch.no_grad():
+        vit.heads.head.weight.normal_(0, 0.1)  # zero-initialized: no gradient would reach the heads
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(6) % 10
+    imp = S.head_importance(vit, x, y, batch_size=3)
+    assert [t.shape for t in imp] == [(4,), (4,)] and all(bool((t > 0).all()) for t in imp)
+    prune = S.select_heads(imp, 3)
+    small = S.shrink_heads(vit, prune)
+    ref = S.shrink_heads(vit, {})  # the same architecture, nothing removed
+    with torch.no_grad():
+        for i, heads in prune.items():  # masking = zeroing the heads' columns of out_proj
+            a = ref.encoder.layers[i].self_attention
+            for h in heads:
+                a.out_proj.weight[:, h * 8:(h + 1) * 8] = 0.0
+        torch.testing.assert_close(small(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert sum(layer.self_attention.num_heads for layer in small.encoder.layers) == 5
