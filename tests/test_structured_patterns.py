@@ -297,7 +297,9 @@ def test_cut_removed_inputs_is_the_hand_zeroed_model() -> None:
 
 
 def test_save_and_reload_with_weights_only(tmp_path) -> None:
-    for build, x in [(lambda: sk.models.CNN1d(), torch.randn(4, 40)),
+    for build, x in [(lambda: sk.models.MLP(), torch.randn(4, 40)),
+                     (lambda: sk.models.TinyTransformer(), torch.randn(4, 40)),
+                     (lambda: sk.models.CNN1d(), torch.randn(4, 40)),
                      (lambda: sk.models.ResCNN1d(blocks=2), torch.randn(4, 40)),
                      (lambda: _SE(), _x(12)), (lambda: _Shuffle(), _x(12))]:
         torch.manual_seed(0)
