@@ -9,11 +9,17 @@ channels are added to it. Sources tied by additions form one *group*: their chan
 are pruned together or not at all.
 
 The idea is DepGraph's (Fang et al. 2023): find these dependencies from the model's
-computational graph instead of per-model tables. This module is a small version of it
-for the cases the book needs (Conv/Linear/BatchNorm/activations/pools/flatten/add).
-Anything else that touches a channel (concatenation, reshapes, LayerNorm, the model
-output, ...) *blocks* the group, with the reason recorded so callers can say which
-module and which operation stopped them.
+computational graph instead of per-model tables. Here every output channel of a
+Conv/Linear is an *atom*, and every tensor of the graph carries the atom of each of its
+channels (:func:`dependencies`). Operations that only move elements (reshape, permute,
+concatenation, chunk, a channel shuffle, flatten, indexing) are run on the atom labels
+themselves, so any rearrangement is followed exactly; element-wise products and sums
+(residual additions, squeeze-and-excitation gates) tie atoms into units pruned together;
+a depthwise convolution passes its input's atoms on, and a grouped convolution asks
+every group to lose the same number. What cannot stay exact *blocks* the group, with
+the reason recorded so callers can say which module and which operation stopped them:
+a LayerNorm over the channels, a tensor combined with them but not pruned with them, a
+reshape or slice with constant sizes, an unknown module, the model output.
 
 Models are traced with public ``torch.fx`` (symbolic tracing, then an
 ``fx.Interpreter`` run for the values on an example input). Python control flow on
@@ -32,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.func import functional_call
 
 from .train import eval_mode
 
@@ -221,13 +228,64 @@ def trace(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> fx.Gr
                 raise ValueError(f"{tracer.shape_branches[0]} branches on a shape, and the branch the example "
                                  f"input takes does not use {off_path}: a model shrunk along it could fail "
                                  "on inputs taking the other branch")
-        _ValueInterpreter(fx.GraphModule(model, graph)).run(*inputs)
+        _record_values(fx.GraphModule(model, graph), inputs)
     return graph
 
 
+def _work(model: nn.Module, inputs: Any) -> int:
+    """Input elements times parameters: a rough measure of what a real forward pass costs."""
+    xs = inputs if isinstance(inputs, tuple) else (inputs,)
+    return sum(x.numel() for x in xs if isinstance(x, Tensor)) * sum(p.numel() for p in model.parameters())
+
+
+class _RunGraph(nn.Module):
+    """Runs a GraphModule through :class:`_ValueInterpreter` (so ``functional_call`` can swap its tensors)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *inputs: Tensor) -> Any:
+        return _ValueInterpreter(self.gm).run(*inputs)
+
+
+META_ABOVE = 10 ** 13  # input elements x parameters above which shapes come from a meta-device run
+
+
+def _record_values(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> None:
+    """Every node's value in ``meta["value"]``. Only shapes are needed: for a large example the run
+    is on the ``meta`` device (no arithmetic; ``torch.func.functional_call`` swaps in meta copies of
+    the parameters and buffers), falling back to the real run for an op without a meta kernel. When
+    the real run is cheap (input elements x parameters below ``META_ABOVE``) it is used: meta
+    kernels are Python and slower there."""
+    runner = _RunGraph(gm)
+    if _work(gm, inputs) <= META_ABOVE:
+        runner(*inputs)
+        return
+    tensors = dict(runner.named_parameters())
+    tensors.update(dict(runner.named_buffers()))
+    try:
+        meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+        functional_call(runner, meta, tuple(x.to("meta") for x in inputs), strict=False)
+    except Exception:  # noqa: BLE001 - any failure on meta tensors: compute the real values instead
+        runner(*inputs)
+
 # ---------------------------------------------------------------------------------
-# Channel groups
+# Channel groups: every channel is an *atom*; operations tie atoms into *units*
 # ---------------------------------------------------------------------------------
+#
+# Each Conv/Linear output channel is an atom (a global integer id). Every tensor in the
+# graph carries an id tensor (``_ids``): the same number of dims as the value, each dim
+# either of the value's size or 1 (constant along it), holding the atom each element
+# belongs to (-1: none). Operations that only move elements (view, permute, cat, chunk,
+# a channel shuffle, flatten, indexing) are run on the id tensor itself, so any
+# rearrangement of channels is followed exactly. Element-wise operations of two tensors
+# (a residual ``a + b``, a squeeze-and-excitation gate ``x * s``) tie the atoms at each
+# position into one *unit*: pruned together or not at all. A depthwise convolution passes
+# its input's atoms on (its filters are pruned with them); a grouped convolution asks
+# that every group of its channels lose the same number. Units whose sources are linked
+# form a *group*, the thing one sparsity applies to.
+
 
 @dataclass
 class Consumer:
@@ -240,11 +298,16 @@ class Consumer:
 
 @dataclass
 class ChannelGroup:
-    """Output channels of ``sources`` that are tied together (residual additions).
+    """Output channels of ``sources`` that are tied together (additions, gates, depthwise convolutions).
 
-    ``norms``: BatchNorm modules over these channels; ``bn_of``: source -> the
-    BatchNorm applied directly to its output; ``consumers``: layers reading them;
-    ``blocked``: why the group cannot be pruned (None if it can).
+    ``channels``: number of prunable units (one channel of each tied source);
+    ``norms``: BatchNorm modules over these channels; ``bn_of``: source -> the BatchNorm
+    applied directly to its output; ``consumers``: layers reading them; ``members``:
+    per-channel layers pruned with them (depthwise convolutions); ``blocked``: why the
+    group cannot be pruned (None if it can). ``atoms``: the group's atom ids and
+    ``atom_unit`` the unit of each (``units[u]``: the atoms of unit ``u``);
+    ``blocks``: unit indices of equal-size blocks that must each lose the same number
+    (the groups of a grouped convolution), or None.
     """
 
     channels: int
@@ -254,35 +317,70 @@ class ChannelGroup:
     consumers: list[Consumer] = field(default_factory=list)
     blocked: str | None = None
     nodes: list[fx.Node] = field(default_factory=list)  # every node carrying the channels, in order
+    members: list[str] = field(default_factory=list)
+    blocks: list[list[int]] | None = None
+    atoms: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long), repr=False)
+    atom_unit: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long), repr=False)
 
     @property
     def prunable(self) -> bool:
         return self.blocked is None
 
+    @property
+    def units(self) -> list[Tensor]:
+        """``units[u]``: the atom ids of unit ``u`` (one channel of each tied layer)."""
+        return [self.atoms[self.atom_unit == u] for u in range(self.channels)]
+
 
 @dataclass
-class _Carry:
-    """What a tensor node carries: which group, on which dim, with what flatten stride."""
+class Role:
+    """One dimension of one module indexed by atoms: ``kind`` is ``"out"`` (weight rows; a
+    source, or a depthwise convolution), ``"bn"`` (BatchNorm entries), ``"in"`` (weight
+    columns of a consumer), ``"gin"`` (input columns of a grouped convolution, per group);
+    ``"ln"`` (a LayerNorm's weight and bias, pruned only with ``allow_inexact``), ``"param"``
+    (dim ``dim`` of the module's tensor ``attr``: a per-channel scale such as ConvNeXt's
+    ``layer_scale``); ``atoms[p]``: the atom at position ``p`` (-1: none); ``node``: the
+    consumer's input."""
 
-    group: int
-    dim: int
-    inner: int = 1
-    flat: bool = False
+    module: str
+    kind: str
+    atoms: Tensor
+    node: fx.Node | None = None
+    attr: str = ""
+    dim: int = 0
+
+
+@dataclass
+class Dependencies:
+    """Everything :func:`dependencies` found: groups, per-module roles, and the atoms' owners."""
+
+    groups: list[ChannelGroup]
+    roles: list[Role]
+    atom_source: list[str]     # atom -> the source layer that produces it
+    atom_index: Tensor         # atom -> its channel in that layer
+    group_of_atom: Tensor      # atom -> index into groups
+    unit_of_atom: Tensor       # atom -> its unit's index within its group
+    ids: dict[fx.Node, Any]    # node -> id tensor (or tuple of them)
+    graph: fx.Graph
+    inexact: list[str] = field(default_factory=list)  # LayerNorms pruned with allow_inexact
 
 
 class _UnionFind:
     def __init__(self) -> None:
         self.parent: list[int] = []
 
-    def add(self) -> int:
-        self.parent.append(len(self.parent))
-        return len(self.parent) - 1
+    def add(self, n: int = 1) -> int:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return start
 
     def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
 
     def union(self, i: int, j: int) -> int:
         a, b = self.find(i), self.find(j)
@@ -302,120 +400,526 @@ def _value_shape(node: Any) -> tuple[int, ...] | None:
     return None
 
 
-def channel_groups(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
-                   graph: fx.Graph | None = None) -> list[ChannelGroup]:
-    """The channel groups of ``model`` (one per set of tied Conv/Linear outputs), in source order.
+SOURCE_TYPES_ALL = SOURCE_TYPES
+_LN_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm)
+_ELEMENTWISE_MODULES = _ELEMENTWISE_MODULES + (nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.AlphaDropout)
+_ELEMENTWISE_FUNCTIONS |= {F.hardsigmoid, F.mish, F.softplus, F.gelu, F.dropout1d, F.dropout2d, torch.exp,
+                           torch.abs, torch.square, F.hardtanh, torch.clamp, torch.neg, operator.neg}
+_ELEMENTWISE_METHODS |= {"sigmoid_", "relu_", "clamp", "clamp_min", "clamp_max", "exp", "abs", "neg",
+                         "square", "float", "to", "type_as"}
+# Ops that only move elements: run on the id tensor itself.
+_MOVE_FUNCTIONS: set[Any] = {
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.cat, torch.concat, torch.stack,
+    torch.chunk, torch.split, torch.squeeze, torch.unsqueeze, operator.getitem, torch.narrow, torch.swapaxes,
+    torch.movedim, torch.unbind, torch.t, torch.tensor_split,
+}
+_MOVE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "chunk", "split", "unbind",
+                 "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "t", "unflatten", "movedim",
+                 "swapaxes", "view_as", "reshape_as", "repeat", "tensor_split"}
+_MOVE_MODULES: tuple[type[nn.Module], ...] = (nn.Flatten, nn.Unflatten)
+# Reductions over given dims: per-channel when the channels are not among them.
+_REDUCE_FUNCTIONS: set[Any] = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+_BINARY_FUNCTIONS: set[Any] = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
+                               operator.imul, operator.truediv, operator.itruediv, torch.add, torch.sub,
+                               torch.mul, torch.div}
+_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 
-    Each Conv/Linear output starts a group; a residual addition of two tensors carrying
-    different groups merges them. A group is *blocked* (with the reason) when its channels
-    reach the model output or an operation this analysis does not model.
+
+def _reduce(ids: Tensor) -> Tensor:
+    """Collapse every dim along which ``ids`` is constant to size 1."""
+    for d in range(ids.dim()):
+        if ids.shape[d] > 1 and bool((ids == ids.narrow(d, 0, 1)).all()):
+            ids = ids.narrow(d, 0, 1)
+    return ids.contiguous()
+
+
+def _varying(ids: Tensor) -> list[int]:
+    return [d for d in range(ids.dim()) if ids.shape[d] > 1]
+
+
+def _line(ids: Tensor, dim: int, size: int) -> Tensor:
+    """The atoms along ``dim`` (length ``size``) of an id tensor varying along ``dim`` only."""
+    index = [0] * ids.dim()
+    index[dim] = slice(None)
+    return ids.expand(*[size if d == dim else ids.shape[d] for d in range(ids.dim())])[tuple(index)].clone()
+
+
+def _channel_view(atoms: Tensor, ndim: int, dim: int) -> Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return atoms.view(shape)
+
+
+def _flat_ids(x: Any) -> list[Tensor]:
+    if isinstance(x, Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for item in x for t in _flat_ids(item)]
+    return []
+
+
+def _reduced_dims(node: fx.Node, ndim: int) -> tuple[list[int], bool] | None:
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+    if dims is None:
+        return None
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return sorted({d % ndim for d in dims}), keep
+
+
+def dependencies(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
+                 graph: fx.Graph | None = None, *, allow_inexact: bool = False) -> Dependencies:
+    """The channel dependencies of ``model``: groups, and which module dims each atom indexes.
+
+    ``allow_inexact``: a LayerNorm over the channels (ConvNeXt, ViT) no longer blocks them;
+    its weight and bias are pruned with them, and the pruned model normalizes over the
+    kept channels only: a different function (a ``UserWarning`` says so where it is used).
+
+    See the comment above for the model (atoms, units, groups). A group is *blocked*
+    (with the reason) when its channels reach the model output or an operation this
+    analysis does not model (LayerNorm over the channels, an unknown module, a tensor
+    that is combined with them but not pruned along them, ...).
     """
     graph = graph if graph is not None else trace(model, example_input)
     modules = dict(model.named_modules())
-    uf = _UnionFind()
-    raw: list[dict[str, Any]] = []
-    carry: dict[fx.Node, _Carry] = {}
+    atoms = _UnionFind()
+    atom_source: list[str] = []
+    atom_index: list[int] = []
+    blocked: dict[int, str] = {}          # atom -> first reason
+    roles: list[Role] = []
+    bn_after: dict[str, tuple[str, Tensor]] = {}
+    constraints: list[tuple[str, Tensor, int]] = []  # (grouped conv, atoms of its positions, blocks)
+    members: list[tuple[str, Tensor]] = []
+    ids: dict[fx.Node, Any] = {}
     seen_sources: set[str] = set()
+    inexact: list[str] = []
 
-    def new_group(channels: int) -> int:
-        raw.append({"channels": channels, "sources": [], "norms": [], "bn_of": {}, "consumers": [],
-                    "blocked": None, "nodes": []})
-        return uf.add()
+    def block(x: Any, reason: str) -> None:
+        for t in _flat_ids(x):
+            hit = torch.zeros(len(atom_source), dtype=torch.bool)
+            hit[t[t >= 0]] = True  # a scatter: cheaper than sorting large id tensors
+            for a in hit.nonzero().flatten().tolist():
+                blocked.setdefault(a, reason)
 
-    def block(group: int, reason: str) -> None:
-        g = raw[uf.find(group)]
-        if g["blocked"] is None:
-            g["blocked"] = reason
+    def fresh(name: str, n: int) -> Tensor:
+        start = atoms.add(n)
+        atom_source.extend([name] * n)
+        atom_index.extend(range(n))
+        return torch.arange(start, start + n)
 
-    def tensor_inputs(node: fx.Node) -> list[fx.Node]:
-        return [a for a in node.all_input_nodes if a in carry]
+    def full(node: fx.Node) -> Any:
+        """The node's ids at the full shape of its value (-1 where it carries none)."""
+        value = node.meta.get("value")
+        if not isinstance(value, Tensor) and node not in ids:
+            return type(value)(torch.full(v.shape, -1, dtype=torch.long) if isinstance(v, Tensor) else v
+                               for v in value)
+        if node in ids:
+            x = ids[node]
+            if isinstance(x, Tensor):
+                return x.expand(value.shape).contiguous()
+            return type(x)(t.expand(v.shape).contiguous() if isinstance(t, Tensor) else t
+                           for t, v in zip(x, value, strict=True))
+        return torch.full(value.shape, -1, dtype=torch.long)
 
     for node in graph.nodes:
-        inputs = tensor_inputs(node)
         module = modules.get(node.target) if node.op == "call_module" else None
-        out_shape = _value_shape(node)
+        ins = [a for a in node.all_input_nodes if a in ids]
+        value = node.meta.get("value")
 
-        # A Conv/Linear: consumes its input's group, starts a new one.
         if isinstance(module, SOURCE_TYPES):
             name = str(node.target)
             if name in seen_sources:
                 raise ValueError(f"module {name!r} is called more than once; shared layers cannot be pruned")
             seen_sources.add(name)
-            groups_ok = not (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups != 1)
-            for a in inputs:
-                c = carry[a]
-                conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
-                ok_dim = (c.dim == 1) if conv else (c.dim == len(_value_shape(a) or ()) - 1)
-                if not groups_ok:
-                    block(c.group, f"it feeds grouped convolution {name!r} (groups={module.groups})")
-                elif not ok_dim:
-                    block(c.group, f"it feeds {name!r} along a dimension that is not its input channels")
+            conv = not isinstance(module, nn.Linear)
+            groups = module.groups if conv else 1
+            cdim_out = 1 if conv else value.dim() - 1
+            x = ins[0] if ins else None
+            in_ids = None
+            if x is not None:
+                xi = ids[x]
+                cdim = 1 if conv else xi.dim() - 1
+                if not isinstance(xi, Tensor) or any(d != cdim for d in _varying(xi)):
+                    block(xi, f"it feeds {name!r} along a dimension that is not its input channels")
                 else:
-                    raw[uf.find(c.group)]["consumers"].append(Consumer(name, c.inner, a.name))
-            g = new_group(module.weight.shape[0])
-            raw[g]["sources"].append(name)
-            raw[g]["nodes"].append(node)
-            if not groups_ok:
-                raw[g]["blocked"] = f"{name!r} is a grouped convolution (groups={module.groups})"
-            carry[node] = _Carry(g, 1 if not isinstance(module, nn.Linear) else len(out_shape or (0, 0)) - 1)
+                    in_ids = _line(xi, cdim, module.weight.shape[1] * groups)
+            if conv and groups > 1 and module.weight.shape[1] == 1:
+                # depthwise (one input channel per group, ``m`` outputs each): outputs carry the input's atoms
+                m = module.out_channels // groups
+                if in_ids is None:  # its input channels cannot be pruned, so neither can its outputs
+                    in_ids = fresh(name, module.in_channels)
+                    block(in_ids, f"depthwise convolution {name!r} reads channels that cannot be pruned")
+                out = in_ids.repeat_interleave(m)
+                roles.append(Role(name, "dw", out))
+                members.append((name, out))
+                ids[node] = _channel_view(out, value.dim(), 1)
+                node.meta["sk_kind"] = "dw"
+                continue
+            if in_ids is not None:
+                roles.append(Role(name, "gin" if groups > 1 else "in", in_ids, x))
+                if groups > 1:
+                    constraints.append((name, in_ids, groups))
+            out = fresh(name, module.weight.shape[0])
+            roles.append(Role(name, "out", out))
+            if groups > 1:
+                constraints.append((name, out, groups))
+            ids[node] = _channel_view(out, value.dim(), cdim_out)
+            node.meta["sk_kind"] = "source"
             continue
-        if not inputs:
+        if not ins:
             continue
-        if node.op != "output" and not isinstance(node.meta.get("value"), Tensor):
-            continue  # shapes, sizes, dims: reading them does not depend on channel values
         if node.op == "output":
-            for a in inputs:
-                block(carry[a].group, "its channels reach the model output")
+            block([ids[a] for a in ins], "its channels reach the model output")
             continue
-        first = carry[inputs[0]]
-        in_shape = _value_shape(inputs[0])
+        if not (isinstance(value, Tensor) or (isinstance(value, (tuple, list)) and _flat_ids(value))):
+            continue  # shapes, sizes, dims: reading them does not depend on channel values
+        first = ids[ins[0]]
+        single = len(ins) == 1 and isinstance(first, Tensor) and isinstance(value, Tensor)
 
-        if isinstance(module, BN_TYPES) and len(inputs) == 1 and first.dim == 1 and not first.flat:
-            g = raw[uf.find(first.group)]
-            g["norms"].append(str(node.target))
-            producer = inputs[0]
-            if producer.op == "call_module" and isinstance(modules.get(producer.target), SOURCE_TYPES):
-                g["bn_of"][str(producer.target)] = str(node.target)
-            carry[node] = first
-        elif len(inputs) == 1 and _is_per_channel(node, module, inputs[0], first, in_shape, out_shape):
-            carry[node] = first
-        elif (len(inputs) == 1 and first.dim == 1 and not first.flat and in_shape is not None
-              and out_shape == (in_shape[0], _prod(in_shape[1:])) and len(in_shape) > 2
-              and _is_flatten(node, module)):
-            carry[node] = _Carry(first.group, 1, _prod(in_shape[2:]), flat=True)
-        elif (node.op in ("call_function", "call_method") and node.target in _ADD_OPS | {"add", "sub", "add_"}
-              and len(inputs) == 2 and in_shape == _value_shape(inputs[1]) == out_shape
-              and carry[inputs[1]].dim == first.dim and not first.flat and not carry[inputs[1]].flat):
-            a, b = raw[uf.find(first.group)], raw[uf.find(carry[inputs[1]].group)]
-            if a["channels"] != b["channels"]:
-                block(first.group, f"{_describe(node)} adds {a['channels']} to {b['channels']} channels")
-            root = uf.union(first.group, carry[inputs[1]].group)
-            carry[node] = _Carry(root, first.dim)
+        if single and isinstance(module, BN_TYPES):
+            if any(d != 1 for d in _varying(first)):
+                block(first, f"BatchNorm {node.target!r} reads them along a dimension that is not its channels")
+                continue
+            line = _line(first, 1, module.num_features)
+            roles.append(Role(str(node.target), "bn", line))
+            src = ins[0]
+            if src.op == "call_module" and isinstance(modules.get(src.target), SOURCE_TYPES):
+                bn_after[str(src.target)] = (str(node.target), line)
+            ids[node] = first
+            node.meta["sk_kind"] = "bn"
+        elif single and (isinstance(module, _LN_TYPES) or (node.op == "call_function" and node.target in
+                                                          (F.layer_norm, F.group_norm))):
+            if isinstance(module, nn.GroupNorm) or node.target is F.group_norm:
+                normed = list(range(1, value.dim()))
+            else:
+                shape = module.normalized_shape if module is not None else node.args[1]
+                normed = list(range(value.dim() - len(shape), value.dim()))
+            over = set(_varying(first)) & set(normed)
+            owner = _norm_owner(node, module)
+            if over and allow_inexact and len(normed) == 1 and owner is not None:
+                roles.append(Role(owner, "ln", _line(first, normed[0], value.shape[normed[0]])))
+                inexact.append(owner)
+            elif over:
+                block(first, f"{_describe(node)} normalizes over them: removing a channel changes the mean "
+                      "and variance of the others, so the pruned model would compute a different function "
+                      "(allow_inexact=True prunes them anyway)")
+            ids[node] = first
+            node.meta["sk_kind"] = "opaque"
+        elif single and (isinstance(module, _ELEMENTWISE_MODULES) or value is ins[0].meta.get("value")
+                         or (node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS)
+                         or (node.op == "call_method" and node.target in _ELEMENTWISE_METHODS)
+                         or (node.op == "call_function" and node.target in _BINARY_FUNCTIONS | _SCALAR_OPS)
+                         or (node.op == "call_method" and node.target in _BINARY_METHODS)) \
+                and value.shape == ins[0].meta["value"].shape and _scalars_only(node, ins[0]):
+            ids[node] = first
+            node.meta["sk_kind"] = "pass"
+        elif single and is_pool(node, module):
+            if any(d > 1 for d in _varying(first)) or value.dim() != first.dim():
+                block(first, f"{_describe(node)} pools along their channel dimension")
+                continue
+            ids[node] = first
+            node.meta["sk_kind"] = "pool"
+        elif single and ((node.op == "call_method" and node.target in _REDUCE_METHODS)
+                         or (node.op == "call_function" and node.target in _REDUCE_FUNCTIONS)):
+            red = _reduced_dims(node, first.dim())
+            if red is None or set(red[0]) & set(_varying(first)):
+                block(first, f"{_describe(node)} reduces over their channel dimension")
+                continue
+            dims, keep = red
+            out = first
+            if not keep:
+                out = first.reshape([s for d, s in enumerate(first.shape) if d not in dims])
+            ids[node] = out
+            node.meta["sk_kind"] = "mean" if node.target in ("mean", torch.mean, "amax", torch.amax, "amin",
+                                                             torch.amin) else "opaque"
+        elif (isinstance(module, _MOVE_MODULES) or (node.op == "call_function" and node.target in _MOVE_FUNCTIONS)
+              or (node.op == "call_method" and node.target in _MOVE_METHODS)):
+            replace = {a: full(a) for a in node.all_input_nodes
+                       if _flat_ids(a.meta.get("value"))}
+            try:
+                out = run_node(node, modules, replace)
+            except (RuntimeError, TypeError, IndexError) as err:
+                block([ids[a] for a in ins], f"{_describe(node)} could not be followed ({err})")
+                continue
+            ids[node] = _reduce(out) if isinstance(out, Tensor) else type(out)(
+                _reduce(t) if isinstance(t, Tensor) else t for t in out)
+            node.meta["sk_kind"] = "move"
+            if isinstance(first, Tensor):
+                why = _tie_layout(node, first, ids[node], atoms.union)
+                if why is not None:
+                    block([ids[a] for a in ins], why)
+        elif ((node.op == "call_function" and node.target in _BINARY_FUNCTIONS)
+              or (node.op == "call_method" and node.target in _BINARY_METHODS)) and isinstance(value, Tensor):
+            operands = [a for a in node.args if isinstance(a, fx.Node) and isinstance(a.meta.get("value"), Tensor)]
+            carried = [a for a in operands if a in ids and isinstance(ids[a], Tensor)]
+            tshape = [1] * value.dim()
+            aligned = []
+            for a in carried:
+                t = ids[a]
+                t = t.view([1] * (value.dim() - t.dim()) + list(t.shape))
+                aligned.append(t)
+                tshape = [max(s, u) for s, u in zip(tshape, t.shape, strict=True)]
+            aligned = [t.expand(tshape) for t in aligned]
+            vary = {d for d, s in enumerate(tshape) if s > 1}
+            bad = None
+            for a in operands:
+                if a in ids:
+                    continue
+                shape = list(a.meta["value"].shape)
+                shape = [1] * (value.dim() - len(shape)) + shape
+                if any(shape[d] > 1 for d in vary):
+                    param = _channel_param(model, a, shape, tshape, vary, value.dim())
+                    if param is None:
+                        bad = a
+                    else:  # a per-channel parameter (ConvNeXt's layer_scale): pruned with the channels
+                        owner, attr, dim, d = param
+                        line = _line(torch.stack(aligned).amax(0), d, tshape[d])
+                        roles.append(Role(owner, "param", line, attr=attr, dim=dim))
+            if bad is not None:
+                block([ids[a] for a in carried], f"{_describe(node)} combines them with {_describe(bad)}, "
+                      "which is not pruned along them")  # still followed: what they are tied to is blocked too
+            out = aligned[0].clone()
+            for t in aligned[1:]:
+                both = (out >= 0) & (t >= 0)
+                width = len(atom_source) + 1
+                for key in (out[both] * width + t[both]).unique().tolist():
+                    i, j = divmod(key, width)
+                    if i != j:
+                        atoms.union(i, j)
+                lone = (out >= 0) ^ (t >= 0)
+                if bool(lone.any()):
+                    block(torch.where(lone, torch.maximum(out, t), -1), f"{_describe(node)} combines some of "
+                          "them with channels that cannot be pruned")
+                out = torch.where(out >= 0, out, t)
+            ids[node] = _reduce(out.contiguous())
+            node.meta["sk_kind"] = "binary"
         else:
-            why = f"its channels reach {_describe(node)}, which sparsekit.structured cannot shrink"
-            for a in inputs:
-                block(carry[a].group, why)
+            block([ids[a] for a in ins], f"its channels reach {_describe(node)}, which sparsekit.structured "
+                  "cannot shrink")
             continue
-        raw[uf.find(carry[node].group)]["nodes"].append(node)
 
-    for n, c in carry.items():
-        n.meta["channel_dim"] = c.dim
-    # Merge the union-find classes into groups, in order of their first source.
-    merged: dict[int, ChannelGroup] = {}
-    for i, g in enumerate(raw):
-        root = uf.find(i)
-        target = merged.setdefault(root, ChannelGroup(channels=raw[root]["channels"]))
-        target.sources += g["sources"]
-        target.norms += g["norms"]
-        target.bn_of.update(g["bn_of"])
-        target.consumers += g["consumers"]
-        target.nodes += g["nodes"]
-        if g["blocked"] is not None and target.blocked is None:
-            target.blocked = g["blocked"]
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    for grp in merged.values():
-        grp.nodes.sort(key=order.__getitem__)
-    return list(merged.values())
+    # Units (atoms tied position by position), then groups (units linked through their sources).
+    n = len(atom_source)
+    roots = [atoms.find(a) for a in range(n)]
+    src_uf = _UnionFind()
+    src_ids: dict[str, int] = {}
+    for name in atom_source:
+        if name not in src_ids:
+            src_ids[name] = src_uf.add()
+    src_of = [src_ids[name] for name in atom_source]
+    for a, r in enumerate(roots):
+        if r != a and src_of[r] != src_of[a]:
+            src_uf.union(src_of[r], src_of[a])
+    gkey = [src_uf.find(i) for i in src_of]
+    order: dict[int, int] = {}
+    for k in gkey:
+        order.setdefault(k, len(order))
+    group_list = [order[k] for k in gkey]
+    group_of_atom = torch.tensor(group_list, dtype=torch.long)
+    root_t = torch.tensor(roots, dtype=torch.long)
+    # unit index within its group: rank of the unit's root (its smallest atom) among the group's roots
+    unit_of_atom = torch.zeros(n, dtype=torch.long)
+    groups = [ChannelGroup(channels=0) for _ in order]
+    by_group = torch.argsort(group_of_atom, stable=True)
+    bounds = torch.bincount(group_of_atom, minlength=len(groups)).tolist()
+    start = 0
+    for gi, count in enumerate(bounds):
+        members_ = by_group[start:start + count]
+        start += count
+        uniq, inverse = torch.unique(root_t[members_], return_inverse=True)
+        unit_of_atom[members_] = inverse
+        g = groups[gi]
+        g.atoms, g.atom_unit, g.channels = members_, inverse, len(uniq)
+    blocked_first = {}
+    for a in sorted(blocked):
+        blocked_first.setdefault(group_list[a], blocked[a])
+    seen_src: set[str] = set()
+    for a, name in enumerate(atom_source):
+        if name not in seen_src:
+            seen_src.add(name)
+            groups[group_list[a]].sources.append(name)
+    for gi, reason in blocked_first.items():
+        groups[gi].blocked = reason
+
+    def groups_of(t: Tensor) -> list[int]:
+        return torch.bincount(group_of_atom[t[t >= 0]], minlength=len(groups)).nonzero().flatten().tolist()
+
+    for r in roles:
+        for gi in groups_of(r.atoms):
+            g = groups[gi]
+            if r.kind == "bn" and r.module not in g.norms:
+                g.norms.append(r.module)
+            elif r.kind in ("in", "gin"):
+                mine = (group_of_atom[r.atoms.clamp_min(0)] == gi) & (r.atoms >= 0)
+                count = int(mine.sum())
+                distinct = len(r.atoms[mine].unique())
+                g.consumers.append(Consumer(r.module, max(count // max(distinct, 1), 1),
+                                            r.node.name if r.node is not None else ""))
+            elif r.kind == "dw" and r.module not in g.members:
+                g.members.append(r.module)
+    for src, (bn, line) in bn_after.items():
+        for gi in groups_of(line):
+            groups[gi].bn_of[src] = bn
+    # Grouped convolutions: each block of positions must lose the same number of units.
+    for name, pos, nblocks in constraints:
+        for gi in groups_of(pos):
+            g = groups[gi]
+            if bool((pos < 0).any()) or len(pos) % nblocks:
+                g.blocked = g.blocked or f"grouped convolution {name!r} reads channels that cannot be pruned"
+                continue
+            units = [sorted(set(unit_of_atom[blk].tolist())) for blk in pos.view(nblocks, -1)]
+            covered = sorted(u for b in units for u in b)
+            if covered != list(range(g.channels)) or len({len(b) for b in units}) != 1:
+                g.blocked = g.blocked or (f"grouped convolution {name!r} (groups={nblocks}) does not split "
+                                          "the group's channels into equal blocks")
+            elif g.blocks is not None and g.blocks != units:
+                g.blocked = g.blocked or f"two grouped convolutions split the channels of {name!r} differently"
+            else:
+                g.blocks = units
+    for node, x in ids.items():
+        for t in _flat_ids(x):
+            for gi in groups_of(t):
+                groups[gi].nodes.append(node)
+    for node, x in ids.items():
+        if isinstance(x, Tensor):
+            v = _varying(x)
+            node.meta["channel_dim"] = v[0] if len(v) == 1 else 1
+    return Dependencies(groups, roles, atom_source, torch.tensor(atom_index, dtype=torch.long),
+                        group_of_atom, unit_of_atom, ids, graph, inexact)
+
+
+def _norm_owner(node: fx.Node, module: nn.Module | None) -> str | None:
+    """The LayerNorm module whose weight and bias ``node`` uses (a module call, or ``F.layer_norm``
+    on a module's ``get_attr`` tensors, as in torchvision's ``LayerNorm2d``)."""
+    if isinstance(module, nn.LayerNorm):
+        return str(node.target)
+    if module is None and node.target is F.layer_norm:
+        w = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
+        if isinstance(w, fx.Node) and w.op == "get_attr" and str(w.target).endswith(".weight"):
+            return str(w.target).rsplit(".", 1)[0]
+    return None
+
+
+def _channel_param(model: nn.Module, node: fx.Node, shape: list[int], tshape: list[int], vary: set[int],
+                   ndim: int) -> tuple[str, str, int, int] | None:
+    """``(module, attribute, its dim, channel dim)`` when ``node`` is a module's parameter that is
+    per-channel along the single varying dim (ConvNeXt's ``layer_scale``), else None."""
+    if node.op != "get_attr" or len(vary) != 1:
+        return None
+    (d,) = vary
+    if shape[d] != tshape[d] or any(s > 1 for i, s in enumerate(shape) if i != d):
+        return None
+    owner, _, attr = str(node.target).rpartition(".")
+    try:
+        module = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return None
+    if not isinstance(getattr(module, attr, None), Tensor):
+        return None
+    own_dim = d - (ndim - node.meta["value"].dim())
+    return (owner, attr, own_dim, d) if own_dim >= 0 else None
+
+
+def _size_args(node: fx.Node) -> list[Any] | None:
+    """The target sizes of a view/reshape, one per output dim (None for other ops)."""
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        sizes = list(node.args[1:])
+    elif node.op == "call_function" and node.target is torch.reshape:
+        sizes = list(node.args[1:2])
+    else:
+        return None
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    return sizes
+
+
+def _tie_layout(node: fx.Node, before: Tensor, after: Any, union: Any) -> str | None:
+    """Ties that keep a reshape, chunk or index of the channels valid once channels are gone; or why it cannot be.
+
+    After pruning, the op runs on fewer channels with the sizes it computes at run time:
+    * a view that splits the channels into a grid (a channel shuffle's ``view(b, g, c // g, ...)``)
+      must lose the same cells of every row: cells are tied along every grid dim except the one
+      whose size is computed at run time (``c // g`` or ``-1``);
+    * ``chunk(n)`` along the channels must lose the same positions in every chunk (tied);
+    * a view with a constant channel count, a split with constant sizes, and an index that keeps
+      some channels by constant position cannot follow the pruning: blocked.
+    """
+    vary_in = _varying(before)
+    if not vary_in:
+        return None
+    if isinstance(after, Tensor):
+        vary_out = _varying(after)
+        sizes = _size_args(node)
+        if sizes is not None:
+            if len(sizes) != after.dim():
+                return f"{_describe(node)} reshapes them in a way sparsekit cannot follow"
+            dyn = [d for d in vary_out if isinstance(sizes[d], fx.Node) or sizes[d] == -1]
+            if len(dyn) != 1:
+                return f"{_describe(node)} reshapes them to a constant channel count"
+            if len(vary_out) > 1:
+                grid = after.movedim(dyn[0], -1)
+                grid = grid[tuple(slice(None) if grid.shape[d] > 1 or d == grid.dim() - 1 else 0
+                                  for d in range(grid.dim()))]
+                cols = grid.reshape(-1, grid.shape[-1])
+                for k in range(cols.shape[1]):
+                    col = cols[:, k][cols[:, k] >= 0].tolist()
+                    for a in col[1:]:
+                        union(col[0], a)
+            return None
+        kept_in = set(before[before >= 0].unique().tolist())
+        kept_out = set(after[after >= 0].unique().tolist())
+        if not kept_in <= kept_out and not (node.op == "call_function" and node.target is operator.getitem
+                                        and not isinstance(node.args[0].meta.get("value"), Tensor)):
+            return f"{_describe(node)} keeps some of them by constant position"
+        return None
+    # tuple outputs: chunk / split / unbind along the channels
+    if node.target in ("chunk", torch.chunk):
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        dim = dim % before.dim()
+        if dim not in vary_in:
+            return None
+        n = before.shape[dim]
+        chunks = len(after)
+        if n % chunks:
+            return f"{_describe(node)} splits {n} channels into {chunks} unequal chunks"
+        line = _line(before, dim, n).view(chunks, -1)
+        for k in range(line.shape[1]):
+            col = line[:, k][line[:, k] >= 0].tolist()
+            for a in col[1:]:
+                union(col[0], a)
+        return None
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 and node.target != "unbind" else 0)
+    if node.target in ("unbind", torch.unbind):
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    if isinstance(dim, int) and dim % before.dim() not in vary_in:
+        return None
+    return f"{_describe(node)} splits them at constant positions"
+
+
+def _scalars_only(node: fx.Node, inp: fx.Node) -> bool:
+    """True when every other tensor argument of ``node`` is a Python scalar (or absent)."""
+    for a in list(node.args) + list(node.kwargs.values()):
+        if a is inp:
+            continue
+        if isinstance(a, fx.Node) and isinstance(a.meta.get("value"), Tensor) and a.meta["value"].numel() > 1:
+            return False
+    return True
+
+
+def channel_groups(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
+                   graph: fx.Graph | None = None, *, allow_inexact: bool = False) -> list[ChannelGroup]:
+    """The channel groups of ``model`` (tied Conv/Linear outputs), in source order.
+
+    Each Conv/Linear output starts a group; residual additions, per-channel gates
+    (squeeze-and-excitation), depthwise convolutions, concatenations, splits and channel
+    shuffles are followed channel by channel (:func:`dependencies`). A group is *blocked*
+    (with the reason) when its channels reach the model output or an operation this
+    analysis does not model.
+    """
+    return dependencies(model, example_input, graph, allow_inexact=allow_inexact).groups
 
 
 def _prod(xs: tuple[int, ...]) -> int:
@@ -441,28 +945,6 @@ def is_pool(node: fx.Node, module: nn.Module | None) -> bool:
 def is_reshape(node: fx.Node, module: nn.Module | None) -> bool:
     """A flatten/view/reshape (per-channel values are unchanged by it)."""
     return _is_flatten(node, module)
-
-
-def _is_per_channel(node: fx.Node, module: nn.Module | None, inp: fx.Node, carried: _Carry,
-                    in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> bool:
-    """True for ops that keep each channel separate: activations, pools, scalar arithmetic."""
-    if in_shape is None or out_shape is None:
-        return False
-    if _is_flatten(node, module):
-        return out_shape == in_shape  # a no-op reshape
-    if isinstance(module, _ELEMENTWISE_MODULES):
-        return out_shape == in_shape
-    if is_pool(node, module):
-        same_rank = len(out_shape) == len(in_shape)
-        return carried.dim == 1 and not carried.flat and out_shape[:2] == in_shape[:2] and same_rank
-    if node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS:
-        return out_shape == in_shape
-    if node.op == "call_method" and node.target in _ELEMENTWISE_METHODS:
-        return out_shape == in_shape
-    if node.op == "call_function" and node.target in _SCALAR_OPS:
-        others = [a for a in node.args if a is not inp]
-        return out_shape == in_shape and all(isinstance(a, (int, float)) for a in others)
-    return False
 
 
 def run_node(node: fx.Node, modules: dict[str, nn.Module], replace: dict[fx.Node, Any]) -> Any:

@@ -270,8 +270,19 @@ def test_global_scope() -> None:
     total = sum(small.get_submodule(n).out_channels for n in ("conv1", "conv2", "conv3"))
     assert total == 96 - 24
     assert small.conv2.out_channels == 32 - 24
-    with pytest.raises(ValueError, match="every channel"):
-        S.shrink_channels(model, 0.4, X, score="bn", scope="global")
+    # Global scope never empties a layer: conv2 stops at one channel, the rest comes from the others.
+    # (Before: "removing 32 of 32 channels of 'conv2' ... would remove every channel".)
+    small = S.shrink_channels(model, 0.4, X, score="bn", scope="global")
+    assert small.conv2.out_channels == 1
+    assert sum(small.get_submodule(n).out_channels for n in ("conv1", "conv2", "conv3")) == 96 - round(0.4 * 96)
+    # max_fraction caps each group (Torch-Pruning's max_pruning_ratio); the total stays exact.
+    small = S.shrink_channels(model, 0.4, X, score="bn", scope="global", max_fraction=0.5)
+    assert small.conv2.out_channels == 16
+    assert sum(small.get_submodule(n).out_channels for n in ("conv1", "conv2", "conv3")) == 96 - round(0.4 * 96)
+    with pytest.raises(ValueError, match="max_fraction=0.1"):
+        S.shrink_channels(model, 0.4, X, score="bn", scope="global", max_fraction=0.1)
+    with pytest.raises(ValueError, match="max_fraction"):
+        S.shrink_channels(model, 0.4, X, scope="global", max_fraction=1.5)
 
 
 def test_masked_model_is_baked_in_the_copy() -> None:
@@ -325,8 +336,16 @@ def test_shrink_channels_bad_input(kwargs: dict, error: type, match: str) -> Non
 
 
 def test_unsupported_pattern_names_the_module() -> None:
-    with pytest.raises(ValueError, match="'embed'.*add"):
-        S.shrink_channels(sk.models.TinyTransformer(), 0.5, X)
+    with pytest.raises(ValueError, match="'embed'.*add.*'pos'"):
+        S.shrink_channels(sk.models.TinyTransformer(), 0.5, X, strict=True)
+    # the default call skips what it cannot prune and says why
+    skipped = S.shrink_channels(sk.models.TinyTransformer(), 0.5, X).channel_plan.skipped
+    assert list(skipped) == ["'embed'+'layers.0.attn.out'+'layers.0.fc2'+'layers.1.attn.out'+'layers.1.fc2'",
+                             "'layers.0.attn.q'", "'layers.0.attn.k'", "'layers.0.attn.v'",
+                             "'layers.1.attn.q'", "'layers.1.attn.k'", "'layers.1.attn.v'"]
+    assert "get_attr 'pos'" in skipped[next(iter(skipped))]
+    with pytest.raises(TypeError, match="strict"):
+        S.shrink_channels(sk.models.TinyTransformer(), 0.5, X, strict=1)
     with pytest.raises(TypeError, match="model"):
         S.shrink_channels("cnn", 0.5, X)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="bn"):
@@ -369,15 +388,21 @@ def test_head_importance_is_mean_abs_gate_gradient() -> None:
     model = sk.models.TinyTransformer(num_heads=4).train()
     y = torch.randint(0, 10, (16,))
     before = _state(model)
-    imp = S.head_importance(model, X, y, batch_size=8, normalize=False)
+    imp = S.head_importance(model, X, y, batch_size=5, normalize=False)  # chunks of 5, 5, 5, 1
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.eval()
-    hand = torch.zeros(2, 4)
+    hand = torch.zeros(2, 4)  # Michel et al. Eq. 2: |dL(x)/d xi_h| per example, then the mean
+    batch_mean = torch.zeros(2, 4)  # |d mean-batch-loss / d xi_h|: what Eq. 2 is NOT
+    for i in range(16):
+        masks = [torch.ones(4, requires_grad=True) for _ in range(2)]
+        g = torch.autograd.grad(F.cross_entropy(model(X[i:i + 1], head_masks=masks), y[i:i + 1]), masks)
+        hand += torch.stack(g).abs() / 16
     for i in (0, 8):
         masks = [torch.ones(4, requires_grad=True) for _ in range(2)]
         g = torch.autograd.grad(F.cross_entropy(model(X[i:i + 8], head_masks=masks), y[i:i + 8]), masks)
-        hand += torch.stack(g).abs() / 2
+        batch_mean += torch.stack(g).abs() / 2
     assert torch.allclose(torch.stack(imp), hand, atol=1e-6)
+    assert not torch.allclose(hand, batch_mean, atol=1e-3)  # the oracle tells the two apart
     normed = S.head_importance(model, X, y, batch_size=8)
     assert all(torch.isclose(s.norm(), torch.tensor(1.0)) for s in normed)
     assert [len(s) for s in S.head_magnitude(model)] == [4, 4]

@@ -17,7 +17,11 @@ runs faster on any hardware. The pipeline steps, one module each:
   (``channel_groups``, :mod:`sparsekit.graph`, after DepGraph, Fang et al. 2023);
 * attention heads (:mod:`~sparsekit.structured.heads`): score with ``head_importance``
   (Michel et al. 2019) or ``head_magnitude``, select with ``select_heads``, finalize
-  with ``shrink_heads`` (a new, smaller model);
+  with ``shrink_heads`` (a new, smaller model); ``torch.nn.MultiheadAttention`` too;
+* the plan (:class:`~sparsekit.structured.shrink.ChannelPlan`: removed channels per layer,
+  skipped groups and why) travels with the shrunk model: ``save_shrunk`` / ``load_shrunk``
+  rebuild it from a fresh model (``torch.load(..., weights_only=True)``), and
+  ``cut_removed_inputs`` gives the zero-channel reference it must equal;
 * what it saves: :func:`~sparsekit.report.cost` counts parameters and FLOPs
   (``FlopCounterMode``, the same count as :func:`sparsekit.report.cost_report`).
 
@@ -27,7 +31,15 @@ Every name is importable from here (``sk.structured.shrink_channels``).
 from __future__ import annotations
 
 from ..report import Cost, cost
-from .heads import attention_layers, head_importance, head_magnitude, select_heads, shrink_heads
+from .heads import (
+    ShrunkMultiheadAttention,
+    attention_layers,
+    head_importance,
+    head_magnitude,
+    mha_layers,
+    select_heads,
+    shrink_heads,
+)
 from .importance import (
     LossFn,
     bn_importance,
@@ -39,10 +51,21 @@ from .importance import (
     slimming_loss,
     taylor_importance,
 )
-from .shrink import CHANNEL_SCORES, channel_groups, shrink_channels
+from .shrink import (
+    CHANNEL_SCORES,
+    ChannelPlan,
+    apply_plan,
+    channel_groups,
+    cut_removed_inputs,
+    load_shrunk,
+    save_shrunk,
+    shrink_channels,
+)
 
 __all__ = [
-    "CHANNEL_SCORES", "Cost", "LossFn", "attention_layers", "bn_importance", "bn_l1_penalty", "channel_groups",
-    "cost", "gate_gradients", "head_importance", "head_magnitude", "l1_importance", "random_importance",
-    "select_heads", "shrink_channels", "shrink_heads", "slimming_hook", "slimming_loss", "taylor_importance",
+    "CHANNEL_SCORES", "ChannelPlan", "Cost", "LossFn", "ShrunkMultiheadAttention", "apply_plan", "attention_layers",
+    "bn_importance", "bn_l1_penalty", "channel_groups", "cost", "cut_removed_inputs", "gate_gradients",
+    "head_importance", "head_magnitude", "l1_importance", "load_shrunk", "mha_layers", "random_importance",
+    "save_shrunk", "select_heads", "shrink_channels", "shrink_heads", "slimming_hook", "slimming_loss",
+    "taylor_importance",
 ]
