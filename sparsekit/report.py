@@ -15,7 +15,9 @@ pass runs, attention's ``Q K^T`` and ``A V`` included); :func:`cost_report` and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch import Tensor, nn
@@ -113,6 +115,38 @@ def storage_bytes(weight: Tensor, index_bytes: int = 4) -> dict[str, int]:
         "csr": nnz * (elem + index_bytes) + (rows + 1) * index_bytes,
         "bitmask": (w.numel() + 7) // 8 + nnz * elem,
     }
+
+
+def break_even_sparsity(fmt: str, shape: Sequence[int] | None = None, *, value_bytes: int = 4,
+                        index_bytes: int = 4) -> Fraction:
+    """The exact sparsity at which ``fmt`` (``"csr"`` or ``"bitmask"``) takes as many bytes as dense.
+
+    Bytes are counted as :func:`storage_bytes` counts them, for a weight of ``shape`` (viewed as
+    ``shape[0]`` rows x the product of the rest; a 1-D shape is one row) with ``n`` entries of
+    ``value_bytes`` each, the number of nonzeros ``nnz = (1 - s) n`` read as a real number:
+
+    * CSR: ``nnz (v + i) + (rows + 1) i = n v``  gives  ``s* = i / (v + i) + (rows + 1) i / (n (v + i))``;
+    * bitmask: ``ceil(n / 8) + nnz v = n v``  gives  ``s* = ceil(n / 8) / (n v)``.
+
+    A tensor with sparsity above ``s*`` is smaller in that format than dense, below it larger
+    (equal bytes exactly at ``s*``). A result above 1 means the format never wins (a matrix with
+    many short rows). ``shape=None`` gives the limit for a large matrix (rows and columns to
+    infinity): CSR ``i / (v + i)`` (1/2 for float32 values with int32 indices, 2/3 with torch's
+    default int64 indices), bitmask ``1 / (8 v)`` (1/32 for float32).
+    """
+    if not isinstance(fmt, str) or fmt not in ("csr", "bitmask"):
+        raise ValueError(f"fmt must be 'csr' or 'bitmask', got {fmt!r}")
+    v = _validate.positive_int(value_bytes, "value_bytes")
+    i = _validate.positive_int(index_bytes, "index_bytes")
+    if shape is None:
+        return Fraction(i, v + i) if fmt == "csr" else Fraction(1, 8 * v)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) == 0:
+        raise ValueError(f"shape must be a non-empty sequence of positive ints or None, got {shape!r}")
+    dims = [_validate.positive_int(d, f"shape[{k}]") for k, d in enumerate(shape)]
+    rows, n = (dims[0] if len(dims) > 1 else 1), math.prod(dims)
+    if fmt == "csr":
+        return Fraction(i, v + i) + Fraction((rows + 1) * i, n * (v + i))
+    return Fraction((n + 7) // 8, n * v)
 
 
 @torch.no_grad()

@@ -124,6 +124,8 @@ TAINT_SOURCES = {
     # training (sparsekit.train, chapter loops that train inside)
     "fine_tune", "apply_iterative_pruning", "imp", "retrain", "random_reinit", "random_mask", "one_shot",
     "instability", "apply_gradual_pruning", "make_pretrained",
+    # sparsekit.recipes: training with early stopping
+    "train_baseline", "fit",
     # evaluation of a model: float accumulation
     "evaluate", "accuracy", "sensitivity_scan",
     # one-shot pruning and language models (sparsekit.posttrain, sparsekit.lm): float accumulation

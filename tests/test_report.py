@@ -85,3 +85,61 @@ def test_storage_bytes_index_bytes_is_checked() -> None:
 def test_storage_bytes_of_a_dense_tensor() -> None:
     assert report.storage_bytes(torch.ones(2, 3)) == {"dense": 24, "csr": 6 * 8 + 3 * 4, "bitmask": 1 + 24}
     assert report.storage_bytes(nn.Linear(3, 2).weight.detach() * 0)["csr"] == 3 * 4
+
+
+# --- break_even_sparsity: exact break-even against storage_bytes, nonzero count by nonzero count ----------
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 2), (16,), (1, 9), (8, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("index_bytes", [4, 8])
+def test_break_even_sparsity_matches_storage_bytes(shape: tuple[int, ...], dtype: torch.dtype,
+                                                   index_bytes: int) -> None:
+    # Oracle: storage_bytes of a real tensor for every possible number of nonzeros. Each format is
+    # smaller than dense exactly when the tensor's sparsity is above break_even_sparsity, equal at it.
+    from fractions import Fraction
+    n = 1
+    for d in shape:
+        n *= d
+    value_bytes = torch.empty((), dtype=dtype).element_size()
+    for nnz in range(n + 1):
+        w = torch.zeros(n, dtype=dtype)
+        w[:nnz] = 1.0
+        b = report.storage_bytes(w.reshape(shape), index_bytes=index_bytes)
+        s = Fraction(n - nnz, n)
+        for fmt in ("csr", "bitmask"):
+            star = report.break_even_sparsity(fmt, shape, value_bytes=value_bytes, index_bytes=index_bytes)
+            assert isinstance(star, Fraction)
+            assert (b[fmt] < b["dense"]) == (s > star), (fmt, nnz)
+            assert (b[fmt] == b["dense"]) == (s == star), (fmt, nnz)
+
+
+def test_break_even_sparsity_values() -> None:
+    from fractions import Fraction
+    # Large-matrix limits: CSR index/(value+index), bitmask 1/(8 value).
+    assert report.break_even_sparsity("csr") == Fraction(1, 2)
+    assert report.break_even_sparsity("csr", index_bytes=8) == Fraction(2, 3)
+    assert report.break_even_sparsity("bitmask") == Fraction(1, 32)
+    assert report.break_even_sparsity("bitmask", value_bytes=2) == Fraction(1, 16)
+    # 256 x 256 float32, int32 indices: 8 nnz + 4 * 257 = 4 * 65536 -> s* = 1/2 + 257 / 131072.
+    assert report.break_even_sparsity("csr", (256, 256)) == Fraction(1, 2) + Fraction(257, 131072)
+    assert report.break_even_sparsity("bitmask", (256, 256)) == Fraction(1, 32)
+    # A conv weight is rows x (in * kernel); a shape with few columns never wins with CSR.
+    assert report.break_even_sparsity("csr", (32, 32, 5)) == Fraction(1, 2) + Fraction(33, 2 * 5120)
+    assert report.break_even_sparsity("csr", (1000, 1)) > 1
+
+
+@pytest.mark.parametrize("kwargs, err", [
+    ({"fmt": "coo"}, ValueError),
+    ({"fmt": None}, ValueError),
+    ({"fmt": "csr", "shape": ()}, ValueError),
+    ({"fmt": "csr", "shape": "256"}, ValueError),
+    ({"fmt": "csr", "shape": 256}, ValueError),
+    ({"fmt": "csr", "shape": (256, 0)}, ValueError),
+    ({"fmt": "csr", "shape": (256, 2.5)}, TypeError),
+    ({"fmt": "csr", "value_bytes": 0}, ValueError),
+    ({"fmt": "bitmask", "index_bytes": True}, TypeError),
+])
+def test_break_even_sparsity_bad_input(kwargs: dict, err: type) -> None:
+    with pytest.raises(err):
+        report.break_even_sparsity(**kwargs)
