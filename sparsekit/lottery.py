@@ -35,7 +35,7 @@ with ``data_seed``, so the same call gives bit-identical results on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -438,22 +438,37 @@ def retrain(result: IMPResult, masks: Mapping[str, Tensor], *, init: str = "rewi
     return run
 
 
-def random_reinit(result: IMPResult, *, progress: bool = True) -> list[Round]:
+def _control_rounds(result: IMPResult, rounds: Sequence[int] | None) -> list[Round]:
+    """The pruned rounds of ``result`` that a control repeats: all of them, or ``rounds``."""
+    if not isinstance(result, IMPResult):
+        raise TypeError(f"result must be an IMPResult, got {type(result).__name__}")
+    last = len(result.rounds) - 1
+    if rounds is None:
+        return result.rounds[1:]
+    if isinstance(rounds, (str, bytes)) or not isinstance(rounds, Sequence):
+        raise TypeError(f"rounds must be a sequence of round numbers, got {type(rounds).__name__}")
+    return [result.rounds[_validate.integer(r, "rounds[i]", low=1, high=last)] for r in rounds]
+
+
+def random_reinit(result: IMPResult, *, rounds: Sequence[int] | None = None, progress: bool = True) -> list[Round]:
     """Control 1 (Frankle & Carbin 2019, Sec. 2): each round's ticket mask, fresh random init.
 
-    Returns one :class:`Round` per pruned round of ``result`` (rounds 1, 2, ...).
+    Returns one :class:`Round` per pruned round of ``result`` (rounds 1, 2, ...), or per
+    round listed in ``rounds`` (each in ``1 .. len(result.rounds) - 1``), in that order.
     """
     return [retrain(result, r.masks, init="reinit", round_index=r.round, progress=progress,
-                    desc=f"random reinit {r.round}") for r in result.rounds[1:]]
+                    desc=f"random reinit {r.round}") for r in _control_rounds(result, rounds)]
 
 
-def random_mask(result: IMPResult, *, progress: bool = True) -> list[Round]:
+def random_mask(result: IMPResult, *, rounds: Sequence[int] | None = None, progress: bool = True) -> list[Round]:
     """Control 2: a random mask with each round's per-layer sparsity, from the ticket's init.
 
-    Returns one :class:`Round` per pruned round of ``result`` (rounds 1, 2, ...).
+    Returns one :class:`Round` per pruned round of ``result`` (rounds 1, 2, ...), or per
+    round listed in ``rounds``, in that order. A round's random mask does not depend on
+    which other rounds are controlled (its seed is ``seed + 104729 + round``).
     """
     out = []
-    for r in result.rounds[1:]:
+    for r in _control_rounds(result, rounds):
         masks = random_masks_like(r.masks, result.seed + _MASK_SEED_OFFSET + r.round)
         out.append(retrain(result, masks, init="rewind", round_index=r.round, progress=progress,
                            desc=f"random mask {r.round}"))

@@ -323,3 +323,23 @@ def test_recipe_optimizer() -> None:
     assert isinstance(adamw, torch.optim.AdamW)
     with pytest.raises(TypeError, match="recipe must be a sparsekit.recipes.Recipe, got str"):
         lottery.recipe_optimizer("mlp")
+
+
+def test_controls_of_chosen_rounds_equal_those_of_all_rounds(frozen_result: lottery.IMPResult) -> None:
+    """``rounds=`` repeats exactly the listed rounds, each as the full control would."""
+    full_mask, some_mask = lottery.random_mask(frozen_result, progress=False), \
+        lottery.random_mask(frozen_result, rounds=[2], progress=False)
+    assert [r.round for r in some_mask] == [2]
+    assert all(torch.equal(some_mask[0].masks[n], m) for n, m in full_mask[1].masks.items())
+    assert all(torch.equal(some_mask[0].state[n], v) for n, v in full_mask[1].state.items())
+    some_reinit = lottery.random_reinit(frozen_result, rounds=(2, 1), progress=False)
+    full_reinit = lottery.random_reinit(frozen_result, progress=False)
+    assert [r.round for r in some_reinit] == [2, 1]
+    assert all(torch.equal(some_reinit[0].state[n], v) for n, v in full_reinit[1].state.items())
+    for bad in ([0], [3], [1.0]):
+        with pytest.raises((ValueError, TypeError), match=r"rounds\[i\]"):
+            lottery.random_mask(frozen_result, rounds=bad)
+    with pytest.raises(TypeError, match="rounds must be a sequence"):
+        lottery.random_reinit(frozen_result, rounds=2)
+    with pytest.raises(TypeError, match="IMPResult"):
+        lottery.random_mask("result", rounds=[1])
