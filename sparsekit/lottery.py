@@ -25,8 +25,9 @@ module (:mod:`sparsekit.connectivity`).
 
 Main entry point::
 
-    result = sk.lottery.imp(lambda: sk.models.MLP(), splits, rounds=10, rate=0.2, steps=300)
-    result.remaining, result.test_acc, result.early_stop_test_acc
+    result = sk.lottery.imp(lambda: sk.models.MLP(), splits, rounds=10, rate=0.2, steps=1120,
+                            optimizer_fn=sk.lottery.recipe_optimizer(sk.recipes.RECIPES["mlp"]))
+    result.remaining, result.best_test_acc, result.early_stop_step
 
 Every run is seeded: the model comes from ``model_fn()`` right after
 ``sk.seed_everything(seed)``, and each training run draws its batches from a loader seeded
