@@ -25,8 +25,9 @@ module (:mod:`sparsekit.connectivity`).
 
 Main entry point::
 
-    result = sk.lottery.imp(lambda: sk.models.MLP(), splits, rounds=10, rate=0.2, steps=300)
-    result.remaining, result.test_acc, result.early_stop_test_acc
+    result = sk.lottery.imp(lambda: sk.models.MLP(), splits, rounds=10, rate=0.2, steps=1120,
+                            optimizer_fn=sk.lottery.recipe_optimizer(sk.recipes.RECIPES["mlp"]))
+    result.remaining, result.best_test_acc, result.early_stop_step
 
 Every run is seeded: the model comes from ``model_fn()`` right after
 ``sk.seed_everything(seed)``, and each training run draws its batches from a loader seeded
@@ -35,7 +36,7 @@ with ``data_seed``, so the same call gives bit-identical results on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -46,10 +47,11 @@ from . import data as _data
 from . import scores as _scores
 from .masking import apply_masks, get_masks, prunable_weights
 from .masking import sparsity as _sparsity
+from .recipes import Recipe
 from .rewinding import rewind, snapshot
 from .seeding import seed_everything
 from .select import imp_sparsity, random_masks_like, select_masks
-from .train import History, evaluate, train
+from .train import History, evaluate, make_optimizer, train
 
 ModelFn = Callable[[], nn.Module]
 OptimizerFn = Callable[[nn.Module], torch.optim.Optimizer]
@@ -144,11 +146,28 @@ class Round:
     history: History                   # validation curve (steps counted from the run's start)
     test_curve: list[float]            # test accuracy at each of history.steps
     state: dict[str, Tensor] = field(repr=False)  # trained weights (snapshot)
+    step_offset: int = 0               # iterations before this run started (k for a run rewound to W_k)
 
     @property
     def remaining(self) -> float:
         """Fraction of prunable weights that are nonzero."""
         return 1.0 - self.sparsity
+
+    @property
+    def best_step(self) -> int:
+        """Iteration (counted from init) of the highest validation accuracy, the first if tied.
+
+        The book's early-stopping rule (:mod:`sparsekit.recipes`, ``monitor="val_acc"``): on
+        MNIST-1D the validation *loss* bottoms out long before the accuracy stops climbing.
+        """
+        acc = self.history.val_acc
+        return self.step_offset + self.history.steps[max(range(len(acc)), key=acc.__getitem__)]
+
+    @property
+    def best_test_acc(self) -> float:
+        """Test accuracy at :attr:`best_step` (checkpoint chosen on the validation split only)."""
+        acc = self.history.val_acc
+        return self.test_curve[max(range(len(acc)), key=acc.__getitem__)]
 
 
 @dataclass
@@ -193,6 +212,16 @@ class IMPResult:
         """Early-stopping iteration (minimum validation loss), per round (``Round.early_stop_step``)."""
         return [r.early_stop_step for r in self.rounds]
 
+    @property
+    def best_test_acc(self) -> list[float]:
+        """Test accuracy at the highest validation accuracy, per round (``Round.best_test_acc``)."""
+        return [r.best_test_acc for r in self.rounds]
+
+    @property
+    def best_step(self) -> list[int]:
+        """Iteration of the highest validation accuracy, per round (``Round.best_step``)."""
+        return [r.best_step for r in self.rounds]
+
 
 def default_optimizer(model: nn.Module, lr: float = 3e-3) -> torch.optim.Optimizer:
     """Adam with ``lr = 3e-3``, fused where torch supports it (fewer kernel launches per step)."""
@@ -200,6 +229,23 @@ def default_optimizer(model: nn.Module, lr: float = 3e-3) -> torch.optim.Optimiz
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def recipe_optimizer(recipe: Recipe) -> OptimizerFn:
+    """``model -> optimizer`` with a :class:`sparsekit.recipes.Recipe`'s optimizer, lr and weight decay.
+
+    Plain Adam without weight decay is built fused where torch supports it (as
+    :func:`default_optimizer`): the same update, fewer kernel launches per step.
+    """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a sparsekit.recipes.Recipe, got {type(recipe).__name__}")
+
+    def build(model: nn.Module) -> torch.optim.Optimizer:
+        if recipe.optimizer == "adam" and recipe.weight_decay == 0.0:
+            return default_optimizer(model, lr=recipe.lr)
+        return make_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay)
+
+    return build
 
 
 def fresh_model(model_fn: ModelFn, seed: int) -> nn.Module:
@@ -264,6 +310,7 @@ def _run(
         history=history,
         test_curve=test_curve,
         state=snapshot(model),
+        step_offset=step_offset,
     )
     return result, saved.get("state")
 
@@ -320,7 +367,12 @@ def imp(
             ``None`` treats it like the others. Frankle & Carbin use ``rate / 2``.
         rewind_step: ``k``; 0 rewinds to initialisation.
         data_seed: seed of the batch order of every run (default: ``seed``).
-        optimizer_fn: ``model -> optimizer`` (default Adam, lr 3e-3), built fresh every run.
+        optimizer_fn: ``model -> optimizer`` (default Adam, lr 3e-3; a recipe's:
+            :func:`recipe_optimizer`), built fresh every run. Rewinding therefore resets the
+            optimizer's state (Adam's moment estimates) along with the weights. At ``k = 0``
+            that *is* the state at ``W_0`` (Adam starts empty); at ``k > 0`` it is what the
+            authors' code does (open_lth builds a new optimizer at the rewind step and only
+            fast-forwards the learning-rate schedule).
         eval_every: iterations between evaluations of validation loss and test accuracy.
     """
     _check_model_fn(model_fn)
@@ -387,22 +439,37 @@ def retrain(result: IMPResult, masks: Mapping[str, Tensor], *, init: str = "rewi
     return run
 
 
-def random_reinit(result: IMPResult, *, progress: bool = True) -> list[Round]:
+def _control_rounds(result: IMPResult, rounds: Sequence[int] | None) -> list[Round]:
+    """The pruned rounds of ``result`` that a control repeats: all of them, or ``rounds``."""
+    if not isinstance(result, IMPResult):
+        raise TypeError(f"result must be an IMPResult, got {type(result).__name__}")
+    last = len(result.rounds) - 1
+    if rounds is None:
+        return result.rounds[1:]
+    if isinstance(rounds, (str, bytes)) or not isinstance(rounds, Sequence):
+        raise TypeError(f"rounds must be a sequence of round numbers, got {type(rounds).__name__}")
+    return [result.rounds[_validate.integer(r, "rounds[i]", low=1, high=last)] for r in rounds]
+
+
+def random_reinit(result: IMPResult, *, rounds: Sequence[int] | None = None, progress: bool = True) -> list[Round]:
     """Control 1 (Frankle & Carbin 2019, Sec. 2): each round's ticket mask, fresh random init.
 
-    Returns one :class:`Round` per pruned round of ``result`` (rounds 1, 2, ...).
+    Returns one :class:`Round` per pruned round of ``result`` (rounds 1, 2, ...), or per
+    round listed in ``rounds`` (each in ``1 .. len(result.rounds) - 1``), in that order.
     """
     return [retrain(result, r.masks, init="reinit", round_index=r.round, progress=progress,
-                    desc=f"random reinit {r.round}") for r in result.rounds[1:]]
+                    desc=f"random reinit {r.round}") for r in _control_rounds(result, rounds)]
 
 
-def random_mask(result: IMPResult, *, progress: bool = True) -> list[Round]:
+def random_mask(result: IMPResult, *, rounds: Sequence[int] | None = None, progress: bool = True) -> list[Round]:
     """Control 2: a random mask with each round's per-layer sparsity, from the ticket's init.
 
-    Returns one :class:`Round` per pruned round of ``result`` (rounds 1, 2, ...).
+    Returns one :class:`Round` per pruned round of ``result`` (rounds 1, 2, ...), or per
+    round listed in ``rounds``, in that order. A round's random mask does not depend on
+    which other rounds are controlled (its seed is ``seed + 104729 + round``).
     """
     out = []
-    for r in result.rounds[1:]:
+    for r in _control_rounds(result, rounds):
         masks = random_masks_like(r.masks, result.seed + _MASK_SEED_OFFSET + r.round)
         out.append(retrain(result, masks, init="rewind", round_index=r.round, progress=progress,
                            desc=f"random mask {r.round}"))

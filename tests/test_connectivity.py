@@ -16,7 +16,7 @@ DATA = _splits()
 
 def test_lives_in_its_own_module() -> None:
     assert sk.connectivity is connectivity
-    for name in ("interpolate_states", "error_barrier", "LMCResult", "instability"):
+    for name in ("interpolate_states", "error_barrier", "barrier_above_line", "LMCResult", "instability"):
         assert hasattr(connectivity, name) and not hasattr(sk.lottery, name), name
 
 
@@ -26,6 +26,43 @@ def test_error_barrier() -> None:
     assert connectivity.error_barrier([0.2, 0.2]) == 0.0
     with pytest.raises(ValueError, match="two"):
         connectivity.error_barrier([0.1])
+
+
+def _oracle_above_line(errors: list[float]) -> float:
+    """Entezari et al. 2022, Eq. 1, written out: alpha_i = i / n, line = (1 - alpha) E0 + alpha E1."""
+    n = len(errors) - 1
+    return max(e - ((1 - i / n) * errors[0] + (i / n) * errors[-1]) for i, e in enumerate(errors))
+
+
+def test_barrier_above_line_known_values() -> None:
+    # a straight path from 0.1 to 0.3: no barrier above the line; Frankle's barrier is half the gap
+    linear = [0.1, 0.15, 0.2, 0.25, 0.3]
+    assert connectivity.barrier_above_line(linear) == pytest.approx(0.0, abs=1e-12)
+    assert connectivity.error_barrier(linear) == pytest.approx(0.1)
+    # a bump of 0.2 above the line at the midpoint
+    assert connectivity.barrier_above_line([0.1, 0.4, 0.3]) == pytest.approx(0.2)
+    # a path below the line: the end points give the maximum, 0
+    assert connectivity.barrier_above_line([0.2, 0.1, 0.2]) == 0.0
+    assert connectivity.barrier_above_line([0.2, 0.4]) == 0.0
+    with pytest.raises(ValueError, match="two"):
+        connectivity.barrier_above_line([0.1])
+    with pytest.raises(ValueError, match="two"):
+        connectivity.barrier_above_line([])
+
+
+def test_barrier_above_line_matches_the_oracle_and_bounds() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for n in (2, 3, 11, 21):
+        for _ in range(50):
+            errors = torch.rand(n, generator=gen, dtype=torch.float64).tolist()
+            above = connectivity.barrier_above_line(errors)
+            frankle = connectivity.error_barrier(errors)
+            assert above == pytest.approx(_oracle_above_line(errors), abs=1e-12)
+            assert above >= 0.0
+            # the two definitions differ by at most half the end-point gap, in either direction
+            assert abs(frankle - above) <= abs(errors[-1] - errors[0]) / 2 + 1e-12
+            # Frankle's is at least half the end-point gap, whatever the path
+            assert frankle >= abs(errors[-1] - errors[0]) / 2 - 1e-12
 
 
 def test_interpolate_states() -> None:
@@ -47,12 +84,15 @@ def test_instability_of_identical_runs_is_zero() -> None:
                               progress=False)
     assert lmc.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert max(lmc.errors) - min(lmc.errors) < 1e-9 and abs(lmc.barrier) < 1e-9
+    assert abs(lmc.barrier_above_line) < 1e-9 and lmc.endpoint_gap < 1e-9
 
 
 def test_instability_trained_copies_differ_and_barrier_is_consistent() -> None:
     masks = {"0.weight": torch.rand(32, 40, generator=torch.Generator().manual_seed(0)) > 0.5}
     lmc = connectivity.instability(_mlp, DATA, rewind_step=4, steps=40, masks=masks, num_alphas=5, progress=False)
     assert lmc.barrier == pytest.approx(connectivity.error_barrier(lmc.errors))
+    assert lmc.barrier_above_line == pytest.approx(_oracle_above_line(lmc.errors))
+    assert lmc.endpoint_gap == pytest.approx(abs(lmc.errors[-1] - lmc.errors[0]))
     assert lmc.end_acc == (pytest.approx(1 - lmc.errors[0]), pytest.approx(1 - lmc.errors[-1]))
     assert all(0.0 <= e <= 1.0 for e in lmc.errors)
 

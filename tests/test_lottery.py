@@ -283,3 +283,63 @@ def test_one_shot_prunes_to_the_compounded_imp_sparsity(frozen_result: lottery.I
         rate = sk.imp_sparsity(0.1 if name == "4.weight" else 0.2, 2)
         assert int((~mask).sum()) == round(rate * mask.numel()), name
 
+
+
+# --- issue 13: the book's early-stopping readout and the recipe's optimizer ------------
+
+
+def test_best_step_and_best_test_acc_read_the_highest_validation_accuracy() -> None:
+    """Oracle: the first evaluation with the highest val_acc; steps counted from init (offset k)."""
+    k = 4
+    res = lottery.imp(_mlp, DATA, rounds=1, steps=24, rewind_step=k, eval_every=2, progress=False)
+    for run, offset in zip(res.rounds, (0, k)):
+        acc = run.history.val_acc
+        first_best = acc.index(max(acc))
+        assert run.step_offset == offset
+        assert run.best_step == offset + run.history.steps[first_best]
+        assert run.best_test_acc == run.test_curve[first_best]
+    assert res.best_step == [r.best_step for r in res.rounds]
+    assert res.best_test_acc == [r.best_test_acc for r in res.rounds]
+    for field in ("best_step", "best_test_acc"):
+        assert isinstance(getattr(type(res), field), property), field
+
+
+def test_best_step_takes_the_first_of_tied_maxima() -> None:
+    run = lottery.imp(_mlp, DATA, rounds=0, steps=6, eval_every=2, progress=False).rounds[0]
+    run.history.val_acc = [0.5, 0.7, 0.7]
+    run.test_curve = [0.1, 0.2, 0.3]
+    assert run.best_step == 4 and run.best_test_acc == 0.2
+
+
+def test_recipe_optimizer() -> None:
+    model = _mlp()
+    adam = lottery.recipe_optimizer(sk.recipes.RECIPES["mlp"])(model)
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["lr"] == sk.recipes.RECIPES["mlp"].lr
+    assert len(adam.param_groups[0]["params"]) == len(list(model.parameters()))
+    sgd = lottery.recipe_optimizer(sk.recipes.RECIPES["mlp"].but(optimizer="sgd", lr=0.05, weight_decay=1e-4))(model)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.param_groups[0]["lr"] == 0.05 and sgd.param_groups[0]["weight_decay"] == 1e-4
+    adamw = lottery.recipe_optimizer(sk.recipes.RECIPES["mlp"].but(optimizer="adamw", weight_decay=0.01))(model)
+    assert isinstance(adamw, torch.optim.AdamW)
+    with pytest.raises(TypeError, match="recipe must be a sparsekit.recipes.Recipe, got str"):
+        lottery.recipe_optimizer("mlp")
+
+
+def test_controls_of_chosen_rounds_equal_those_of_all_rounds(frozen_result: lottery.IMPResult) -> None:
+    """``rounds=`` repeats exactly the listed rounds, each as the full control would."""
+    full_mask, some_mask = lottery.random_mask(frozen_result, progress=False), \
+        lottery.random_mask(frozen_result, rounds=[2], progress=False)
+    assert [r.round for r in some_mask] == [2]
+    assert all(torch.equal(some_mask[0].masks[n], m) for n, m in full_mask[1].masks.items())
+    assert all(torch.equal(some_mask[0].state[n], v) for n, v in full_mask[1].state.items())
+    some_reinit = lottery.random_reinit(frozen_result, rounds=(2, 1), progress=False)
+    full_reinit = lottery.random_reinit(frozen_result, progress=False)
+    assert [r.round for r in some_reinit] == [2, 1]
+    assert all(torch.equal(some_reinit[0].state[n], v) for n, v in full_reinit[1].state.items())
+    for bad in ([0], [3], [1.0]):
+        with pytest.raises((ValueError, TypeError), match=r"rounds\[i\]"):
+            lottery.random_mask(frozen_result, rounds=bad)
+    with pytest.raises(TypeError, match="rounds must be a sequence"):
+        lottery.random_reinit(frozen_result, rounds=2)
+    with pytest.raises(TypeError, match="IMPResult"):
+        lottery.random_mask("result", rounds=[1])
