@@ -38,7 +38,7 @@ __version__ = "0.1.0"
 _LAZY_MODULES = (
     "batchnorm", "book",
     "at_init", "connectivity", "execute", "finalize", "graph", "kernels", "lottery", "movement", "nm", "nm_training",
-    "permutation", "posttrain", "pretrained", "structured", "synthetic", "unstructured", "viz",
+    "obd", "permutation", "posttrain", "pretrained", "structured", "synthetic", "unstructured", "viz",
 )
 # Top-level names that live in a chapter module: name -> module.
 _LAZY_NAMES = {

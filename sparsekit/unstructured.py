@@ -12,6 +12,11 @@ mask held). Masks intersect, so pruning an already-pruned model only ever adds z
 The ``apply_*`` functions and :class:`GradualPruning` change the model in place; the
 schedules are the library's own (:func:`sparsekit.select.geometric_schedule` for
 iterative pruning, :func:`sparsekit.cubic_sparsity` for gradual pruning).
+
+Han et al. set the threshold per layer as "a quality parameter multiplied by the standard
+deviation of a layer's weights" (Section 4): :func:`std_scaled_scores` (score
+``|w| / sigma_layer``) and :func:`han_masks` (select ``|w| > q * sigma_layer``). Ranking the
+std-scaled scores globally is the same criterion with ``q`` chosen to reach a target sparsity.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from . import _validate
 from . import scores as _scores
-from .masking import apply_masks, copy_model, get_masks, prunable_weights
+from .masking import apply_masks, copy_model, effective_weights, get_masks, prunable_weights
 from .select import cubic_sparsity, geometric_schedule, select_masks
 from .train import History, accuracy, train
 
@@ -56,6 +61,49 @@ def apply_magnitude_pruning(model: nn.Module, sparsity: float, scope: str = "glo
                          min_keep=min_keep if scope == "global" else 0.0)
     apply_masks(model, masks)
     return masks
+
+
+def std_scaled_scores(model: nn.Module) -> dict[str, Tensor]:
+    """``|w| / sigma_layer``: magnitude in units of the layer's weight standard deviation.
+
+    Han et al. 2015 (Section 4) prune, in every layer, the weights with
+    ``|w| < q * sigma_layer`` for one quality parameter ``q``: on these scores that is one
+    *global* threshold ``q``. So ``apply_magnitude_pruning(model, s, "global",
+    scores=std_scaled_scores(model))`` is Han et al.'s criterion with ``q`` set to reach
+    sparsity ``s`` (:func:`han_masks` takes ``q`` itself). ``sigma_layer`` is the population
+    standard deviation of the layer's *kept* weights (all of them in a dense model); pruned
+    entries score 0. A layer whose kept weights are all equal (``sigma = 0``) raises
+    ``ValueError``: the criterion is undefined there.
+    """
+    masks = get_masks(model)
+    weights = effective_weights(model)
+    out: dict[str, Tensor] = {}
+    for name, w in _scores.magnitude(model).items():
+        kept = weights[name][masks[name]] if name in masks else weights[name].reshape(-1)
+        sigma = float(kept.std(correction=0)) if kept.numel() else 0.0
+        if not sigma > 0:
+            raise ValueError(f"layer {name!r} has weight standard deviation {sigma!r} over its "
+                             f"{kept.numel()} kept weights: Han et al.'s threshold q * sigma is undefined")
+        out[name] = w / sigma
+    return out
+
+
+def han_masks(model: nn.Module, quality: float) -> dict[str, Tensor]:
+    """Han et al. 2015's per-layer threshold: keep ``|w| > quality * sigma_layer``.
+
+    Pure (the model is not changed): returns ``{weight name: bool mask}`` for every prunable
+    weight, intersected with the model's current masks, ready for ``sk.apply_masks``.
+    ``quality`` is the paper's quality parameter, a real number >= 0 (``0`` keeps every
+    nonzero weight); ``sigma_layer`` as in :func:`std_scaled_scores`. Unlike a target
+    sparsity, ``quality`` sets the sparsity of each layer by its own weight distribution.
+    """
+    q = _validate.real(quality, "quality", low=0.0)
+    masks = get_masks(model)
+    out = {}
+    for name, score in std_scaled_scores(model).items():
+        keep = score > q
+        out[name] = keep & masks[name] if name in masks else keep
+    return out
 
 
 def fine_tune(model: nn.Module, train_loader: DataLoader, *, epochs: int | None = None,

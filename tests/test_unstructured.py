@@ -210,3 +210,86 @@ def test_gradual_pruning_uses_the_library_cubic_schedule(monkeypatch):
     monkeypatch.setattr(un, "cubic_sparsity", spy)
     hook = un.GradualPruning(0.8, begin_step=2, end_step=10, every=4)
     assert hook.sparsity_at(6) == sk.cubic_sparsity(6, 0.8, begin_step=2, end_step=10) and 6 in calls
+
+
+# --- Han et al. 2015's per-layer threshold: quality parameter x layer weight std -----------------
+
+def _two_layer_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4))
+    with torch.no_grad():
+        model[2].weight.mul_(0.1)  # a layer of small weights
+    return model
+
+
+def test_std_scaled_scores_divide_by_each_layers_population_std() -> None:
+    from sparsekit import unstructured
+
+    model = _two_layer_model()
+    got = unstructured.std_scaled_scores(model)
+    for name, layer in (("0.weight", model[0]), ("2.weight", model[2])):
+        w = layer.weight.detach()
+        sigma = float(((w - w.mean()) ** 2).mean().sqrt())  # population std, by hand
+        torch.testing.assert_close(got[name], w.abs() / sigma)
+
+
+def test_han_masks_keep_weights_above_quality_times_std_per_layer() -> None:
+    from sparsekit import unstructured
+
+    model = _two_layer_model()
+    masks = unstructured.han_masks(model, 0.8)
+    for name, layer in (("0.weight", model[0]), ("2.weight", model[2])):
+        w = layer.weight.detach()
+        assert torch.equal(masks[name], w.abs() > 0.8 * w.std(correction=0))
+    # quality 0 keeps every nonzero weight; the model is not changed (pure function)
+    assert all(m.all() for m in unstructured.han_masks(model, 0).values())
+    assert not sk.get_masks(model)
+
+
+def test_han_masks_equal_global_selection_on_std_scaled_scores() -> None:
+    """One quality parameter q = one global threshold on |w| / sigma: the two routes agree exactly."""
+    from sparsekit import unstructured
+
+    model = _two_layer_model()
+    scores = unstructured.std_scaled_scores(model)
+    flat = torch.cat([s.flatten() for s in scores.values()]).sort().values
+    k = 23  # prune the 23 smallest std-scaled scores
+    q = float(flat[k - 1])
+    by_quality = unstructured.han_masks(model, q)
+    by_sparsity = sk.select_masks(scores, k / flat.numel(), "global")
+    assert all(torch.equal(by_quality[n], by_sparsity[n]) for n in scores)
+    # unlike global magnitude, the small-weight layer is not pruned harder just for being small
+    glob = sk.select_masks(sk.scores.magnitude(model), k / flat.numel(), "global")
+    assert int((~glob["2.weight"]).sum()) > int((~by_quality["2.weight"]).sum())
+
+
+def test_han_masks_respect_existing_masks_and_std_of_kept_weights() -> None:
+    from sparsekit import unstructured
+
+    model = _two_layer_model()
+    mask = torch.ones(5, 6, dtype=torch.bool)
+    mask[:, :2] = False
+    sk.apply_masks(model, {"0.weight": mask})
+    scores = unstructured.std_scaled_scores(model)
+    w = model[0].parametrizations.weight.original.detach()
+    sigma = float(w[mask].std(correction=0))
+    torch.testing.assert_close(scores["0.weight"][mask], w[mask].abs() / sigma)
+    assert (scores["0.weight"][~mask] == 0).all()
+    masks = unstructured.han_masks(model, 0.5)
+    assert not masks["0.weight"][~mask].any()
+
+
+def test_han_criterion_bad_input() -> None:
+    from sparsekit import unstructured
+
+    model = _two_layer_model()
+    with pytest.raises(ValueError, match="quality"):
+        unstructured.han_masks(model, -0.1)
+    with pytest.raises(ValueError, match="quality"):
+        unstructured.han_masks(model, float("nan"))
+    with pytest.raises(TypeError, match="quality"):
+        unstructured.han_masks(model, "1.0")  # type: ignore[arg-type]
+    with torch.no_grad():
+        model[2].weight.fill_(0.5)  # all equal: sigma = 0
+    with pytest.raises(ValueError, match="2.weight.*standard deviation"):
+        unstructured.std_scaled_scores(model)
