@@ -369,15 +369,21 @@ def test_head_importance_is_mean_abs_gate_gradient() -> None:
     model = sk.models.TinyTransformer(num_heads=4).train()
     y = torch.randint(0, 10, (16,))
     before = _state(model)
-    imp = S.head_importance(model, X, y, batch_size=8, normalize=False)
+    imp = S.head_importance(model, X, y, batch_size=5, normalize=False)  # chunks of 5, 5, 5, 1
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.eval()
-    hand = torch.zeros(2, 4)
+    hand = torch.zeros(2, 4)  # Michel et al. Eq. 2: |dL(x)/d xi_h| per example, then the mean
+    batch_mean = torch.zeros(2, 4)  # |d mean-batch-loss / d xi_h|: what Eq. 2 is NOT
+    for i in range(16):
+        masks = [torch.ones(4, requires_grad=True) for _ in range(2)]
+        g = torch.autograd.grad(F.cross_entropy(model(X[i:i + 1], head_masks=masks), y[i:i + 1]), masks)
+        hand += torch.stack(g).abs() / 16
     for i in (0, 8):
         masks = [torch.ones(4, requires_grad=True) for _ in range(2)]
         g = torch.autograd.grad(F.cross_entropy(model(X[i:i + 8], head_masks=masks), y[i:i + 8]), masks)
-        hand += torch.stack(g).abs() / 2
+        batch_mean += torch.stack(g).abs() / 2
     assert torch.allclose(torch.stack(imp), hand, atol=1e-6)
+    assert not torch.allclose(hand, batch_mean, atol=1e-3)  # the oracle tells the two apart
     normed = S.head_importance(model, X, y, batch_size=8)
     assert all(torch.isclose(s.norm(), torch.tensor(1.0)) for s in normed)
     assert [len(s) for s in S.head_magnitude(model)] == [4, 4]

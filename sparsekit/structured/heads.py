@@ -1,7 +1,7 @@
 """Attention heads: *score* (head importance), *select* (which heads) and *finalize* (shrink).
 
 Michel et al. 2019 ("Are Sixteen Heads Really Better than One?") gate every head with a
-scalar ``xi_h`` and score it by ``|dL/d xi_h|`` (:func:`head_importance`);
+scalar ``xi_h`` and score it by ``|dL/d xi_h|`` per example, averaged (:func:`head_importance`);
 :func:`head_magnitude` is the weight-norm baseline. :func:`select_heads` picks the
 globally least important heads, and :func:`shrink_heads` returns a new model whose
 q/k/v/out projections are physically smaller.
@@ -19,7 +19,8 @@ from torch.nn.utils import parametrize
 from .. import _validate
 from ..masking import copy_model, remove_masks
 from ..models import MultiHeadSelfAttention
-from .importance import LossFn, gate_gradients, model_device
+from ..train import eval_mode
+from .importance import LossFn, _batches, model_device
 from .shrink import keep_entries
 
 
@@ -35,21 +36,35 @@ def attention_layers(model: nn.Module) -> list[MultiHeadSelfAttention]:
 
 def head_importance(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: LossFn = F.cross_entropy, *,
                     batch_size: int = 128, normalize: bool = True) -> list[Tensor]:
-    """``I_h = E_x |dL/d xi_h|`` for every head (Michel et al. 2019, Eq. 2), one tensor per layer.
+    """``I_h = E_x |dL(x)/d xi_h|`` for every head (Michel et al. 2019, Eq. 2), one tensor per layer.
 
     ``xi_h`` is a gate (``head_masks``, all ones, on the model's device) multiplying head
-    ``h``'s output; the absolute gradient is averaged over examples
-    (:func:`sparsekit.structured.importance.gate_gradients`, in eval mode). ``normalize``
-    divides each layer's scores by their L2 norm, as Michel et al. do before global
-    pruning. The model must accept ``model(x, head_masks=...)`` like ``TinyTransformer``.
+    ``h``'s output. As Eq. 2 states, the absolute value is taken **per example** (the gradient
+    of example ``x``'s own loss ``loss_fn(model(x[None]), y[None])``), then averaged over the
+    examples: a head whose gradient changes sign from one example to the next still counts.
+    (The absolute value of a mini-batch's mean gradient would let such signs cancel.)
+    The per-example gradients come from ``torch.func.vmap``, ``batch_size`` examples at a
+    time, in eval mode (:func:`sparsekit.train.eval_mode`). ``normalize`` divides each layer's
+    scores by their L2 norm, as Michel et al. do before global pruning. The model must accept
+    ``model(x, head_masks=...)`` like ``TinyTransformer``.
     """
+    from torch.func import grad, vmap
+
     attn = attention_layers(model)
     device = model_device(model)
-    gates = [torch.ones(a.num_heads, requires_grad=True, device=device) for a in attn]
-    per_batch = gate_gradients(model, gates, lambda x: model(x, head_masks=gates), inputs, targets, loss_fn,
-                               batch_size=batch_size)
-    count = sum(n for _, n in per_batch)
-    scores = [sum(grads[i].abs() * n for grads, n in per_batch) / count for i in range(len(gates))]
+    gates = [torch.ones(a.num_heads, device=device) for a in attn]
+    batches = list(_batches(inputs, targets, batch_size))  # validate before anything runs
+
+    def example_loss(masks: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(model(x.unsqueeze(0), head_masks=masks), y.unsqueeze(0))
+
+    per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))
+    totals = [torch.zeros_like(g) for g in gates]
+    with eval_mode(model), torch.enable_grad():
+        for x, y in batches:
+            for total, d in zip(totals, per_example(gates, x.to(device), y.to(device)), strict=True):
+                total += d.detach().abs().sum(0)
+    scores = [t / len(inputs) for t in totals]
     if normalize:
         scores = [s / s.norm().clamp_min(1e-20) for s in scores]
     return scores
