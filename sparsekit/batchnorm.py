@@ -2,9 +2,10 @@
 
 Recalibration (:func:`recalibrate_batchnorm`). Pipeline step: between *mask* and *evaluate*
 (and before or instead of *train*). Pruning a network with BatchNorm changes the distribution of
-every pruned layer's output, but the BatchNorm layers after it still normalise with the running mean and variance of the *dense*
-network. In eval mode those stale statistics shift and rescale every channel, which can cost
-more accuracy than the pruning itself. Re-estimating them on a few batches, with no gradient
+every pruned layer's output, but the BatchNorm layers after it still normalise with the running
+mean and variance of the *dense* network. In eval mode those stale statistics shift and rescale
+every channel, which can cost more accuracy than the pruning itself. Re-estimating them on a few
+batches, with no gradient
 step, removes that part of the loss. ``torch.optim.swa_utils.update_bn`` does the same for
 averaged weights (Izmailov et al. 2018); Li et al. 2020 (EagleEye, "adaptive BatchNorm") use it
 to evaluate pruned candidates without fine-tuning.
