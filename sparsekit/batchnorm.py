@@ -1,28 +1,38 @@
-"""BatchNorm recalibration after pruning: re-estimate running statistics, train nothing.
+"""BatchNorm: recalibration after pruning, and network slimming's sparsity training of gamma.
 
-Pipeline step: between *mask* and *evaluate* (and before or instead of *train*). Pruning a
-network with BatchNorm changes the distribution of every pruned layer's output, but the
-BatchNorm layers after it still normalise with the running mean and variance of the *dense*
-network. In eval mode those stale statistics shift and rescale every channel, which can cost
-more accuracy than the pruning itself. Re-estimating them on a few batches, with no gradient
+Recalibration (:func:`recalibrate_batchnorm`). Pipeline step: between *mask* and *evaluate*
+(and before or instead of *train*). Pruning a network with BatchNorm changes the distribution of
+every pruned layer's output, but the BatchNorm layers after it still normalise with the running
+mean and variance of the *dense* network. In eval mode those stale statistics shift and rescale
+every channel, which can cost more accuracy than the pruning itself. Re-estimating them on a few
+batches, with no gradient
 step, removes that part of the loss. ``torch.optim.swa_utils.update_bn`` does the same for
 averaged weights (Izmailov et al. 2018); Li et al. 2020 (EagleEye, "adaptive BatchNorm") use it
 to evaluate pruned candidates without fine-tuning.
+
+Network slimming (Liu et al. 2017). Pipeline steps *train* then *score*: :func:`fit_slimming`
+trains with an L1 penalty on every BatchNorm scale gamma (their Eq. 1), applied as a proximal
+step after each optimizer step, under a :class:`sparsekit.recipes.Recipe` (the paper: SGD with
+momentum); :func:`slimming_scores` turns the trained ``|gamma|`` into channel scores for ONE
+global threshold across layers, raised so that no layer can lose its last ``min_keep`` channels;
+:func:`taylor_bn_importance` is Molchanov et al.'s Taylor score with the gate after BatchNorm.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import _validate
 from .data import batch_input
 from .train import eval_mode
 
-__all__ = ["batchnorm_layers", "recalibrate_batchnorm"]
+__all__ = ["batchnorm_layers", "recalibrate_batchnorm", "fit_slimming", "slimming_scores", "taylor_bn_importance"]
 
 
 def batchnorm_layers(model: nn.Module) -> dict[str, _BatchNorm]:
@@ -133,3 +143,117 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[object], *,
                 b.running_var.copy_(var)  # type: ignore[union-attr]
                 b.num_batches_tracked.copy_(tracked)  # type: ignore[union-attr]
     return model
+
+
+def fit_slimming(model: nn.Module, splits: object, recipe: object, lam: float, *, seed: int = 0,
+                 progress: bool = True) -> object:
+    """Network slimming's sparsity training (Liu et al. 2017, Eq. 1): :func:`sparsekit.recipes.fit`
+    with the penalty ``lam * sum |gamma|`` over every affine BatchNorm scale; **in place**.
+
+    After every optimizer step the proximal step of the penalty is applied with the recipe's
+    learning rate ``lr``: ``gamma <- sign(gamma) * max(|gamma| - lr * lam, 0)``
+    (:func:`sparsekit.structured.slimming_hook`). With SGD + momentum (the paper's optimizer,
+    ``recipe.optimizer == "sgd"``) the cross-entropy gradient and the penalty act on the same
+    scale, so scales the loss does not need reach exactly zero; Adam would rescale the loss
+    gradient per parameter and blur the split. Early stopping and best-epoch restore as in
+    :func:`sparsekit.recipes.fit`. Returns its ``Fit``.
+
+    Raises:
+        ValueError: ``model`` has no affine BatchNorm, or ``lam`` is negative.
+        TypeError: ``model`` is not a module or ``recipe`` not a ``Recipe``.
+    """
+    from .recipes import Recipe, fit  # recipes imports the training loop; keep this module light
+    from .structured.importance import slimming_hook
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    lam = _validate.real(lam, "lam", low=0.0)
+    gammas = {id(m.weight) for m in model.modules() if isinstance(m, _BatchNorm) and m.weight is not None}
+    if not gammas:
+        raise ValueError(f"{type(model).__name__} has no affine BatchNorm layer: nothing to slim")
+    prox = slimming_hook(lam, recipe.lr)
+
+    def after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        if any(id(p) in gammas for group in optimizer.param_groups for p in group["params"]):
+            prox(0, model)  # only the optimizer that trains this model's gammas
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        return fit(model, splits, recipe, seed=seed, progress=progress, desc=f"slimming seed {seed}")
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def slimming_scores(model: nn.Module, example_input: Tensor, *, min_keep: int = 1) -> dict[str, Tensor]:
+    """``{layer: |gamma|}`` of the BatchNorm after each layer, for ONE global threshold (Liu et al. 2017).
+
+    Network slimming removes every channel whose ``|gamma|`` is below a single threshold over
+    the whole network. Such a threshold can empty a layer (a network with no path left), so
+    here each layer's ``min_keep`` largest ``|gamma|`` are raised to ``+inf``: a global
+    selection (``shrink_channels(..., score=slimming_scores(...), scope="global")``) then
+    never removes them and otherwise follows the threshold. Layers without a BatchNorm right
+    after them are left out (as in :func:`sparsekit.structured.bn_importance`).
+
+    Raises:
+        ValueError: ``min_keep`` is not a positive int, or larger than some layer's channels.
+    """
+    from .structured.importance import bn_importance
+
+    min_keep = _validate.positive_int(min_keep, "min_keep")
+    out = {}
+    for name, g in bn_importance(model, example_input).items():
+        if min_keep > len(g):
+            raise ValueError(f"min_keep={min_keep} exceeds the {len(g)} channels of {name!r}")
+        g = g.clone()
+        g[torch.argsort(-g, stable=True)[:min_keep]] = math.inf
+        out[name] = g
+    return out
+
+
+def taylor_bn_importance(model: nn.Module, inputs: Tensor, targets: Tensor, example_input: Tensor,
+                         loss_fn: object = None, *, batch_size: int = 128) -> dict[str, Tensor]:
+    """First-order Taylor importance with the gate **after** BatchNorm (Molchanov et al. 2019, Eq. 8).
+
+    Molchanov et al. place the channel gate ``g_c`` after each BatchNorm: removing the channel
+    then removes ``gamma_c * xhat_c + beta_c``, and ``dL/dg_c = gamma_c dL/dgamma_c + beta_c
+    dL/dbeta_c``. The score is ``(dL/dg_c)^2`` averaged over mini-batches, like
+    :func:`sparsekit.structured.taylor_importance`, which gates the layer's output *before*
+    its BatchNorm instead. Keyed by the Conv/Linear layer the BatchNorm follows (found in the
+    fx graph traced on ``example_input``), so it plugs into ``shrink_channels(score=...)``.
+    Layers without a BatchNorm right after them are left out. Eval mode; nothing changes.
+    """
+    import torch.nn.functional as F
+
+    from .structured.importance import gate_gradients, model_device
+
+    loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (logits, targets) -> loss, got {type(loss_fn).__name__}")
+    from . import graph as dep
+
+    modules = dict(model.named_modules())
+    pairs = {src: bn for g in dep.channel_groups(model, example_input) for src, bn in g.bn_of.items()}
+    if not pairs:
+        raise ValueError(f"{type(model).__name__} has no Conv/Linear layer followed by a BatchNorm")
+    device = model_device(model)
+    gates = {src: torch.ones(modules[bn].num_features, requires_grad=True, device=device) for src, bn in pairs.items()}
+
+    def gate_hook(src: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            shape = [1] * output.dim()
+            shape[1 if output.dim() > 1 else 0] = -1
+            return output * gates[src].view(shape)
+        return hook
+
+    handles = [modules[bn].register_forward_hook(gate_hook(src)) for src, bn in pairs.items()]
+    try:
+        per_batch = gate_gradients(model, list(gates.values()), model, inputs, targets, loss_fn,
+                                   batch_size=batch_size)
+    finally:
+        for h in handles:
+            h.remove()
+    total = [sum(grads[i] ** 2 for grads, _ in per_batch) / len(per_batch) for i in range(len(gates))]
+    return dict(zip(gates, total, strict=True))

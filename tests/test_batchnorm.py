@@ -160,3 +160,123 @@ def test_batchnorm_layers_lists_tracking_layers_in_order():
     model = sk.models.CNN1d()
     assert list(batchnorm.batchnorm_layers(model)) == ["bn1", "bn2", "bn3"]
     assert batchnorm.batchnorm_layers(sk.models.MLP(4, (8,), 2)) == {}
+
+
+# --------------------------------------------------------------------------- network slimming
+
+def _tiny_splits(n: int = 48, seed: int = 0) -> sk.data.Splits:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 40, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return sk.data.Splits(x, y, x[:16], y[:16], x[:16], y[:16])
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return sk.models.CNN1d(channels=(4, 4, 4))
+
+
+def test_fit_slimming_is_sgd_plus_a_proximal_step_on_every_gamma():
+    splits = _tiny_splits()
+    recipe = sk.recipes.RECIPES["cnn"].but(optimizer="sgd", lr=0.1, batch_size=16, max_epochs=1, patience=1)
+    lam = 4.0  # lr * lam = 0.4 per step: after 3 steps every untouched gamma of 1 is at 0
+    model, oracle = _small_cnn(), _small_cnn()
+    batchnorm.fit_slimming(model, splits, recipe, lam, seed=3, progress=False)
+    # oracle: the same batches, SGD + momentum 0.9, then gamma <- sign * max(|gamma| - lr * lam, 0)
+    opt = torch.optim.SGD(oracle.parameters(), lr=0.1, momentum=0.9)
+    oracle.train()
+    for x, y in sk.data.loader(splits.x_train, splits.y_train, 16, shuffle=True, seed=3):
+        opt.zero_grad()
+        F.cross_entropy(oracle(x), y).backward()
+        opt.step()
+        with torch.no_grad():
+            for bn in (oracle.bn1, oracle.bn2, oracle.bn3):
+                bn.weight.copy_(bn.weight.sign() * (bn.weight.abs() - 0.1 * lam).clamp_min(0))
+    for (k, a), b in zip(model.state_dict().items(), oracle.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    assert any((bn.weight == 0).any() for bn in (model.bn1, model.bn2, model.bn3))  # lam large: exact zeros
+    # the hook is gone afterwards: a plain SGD step on the model leaves a zero gamma's sign alone
+    plain = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.bn1.weight.detach().clone()
+    model.bn1.weight.grad = -torch.ones_like(before)
+    plain.step()
+    torch.testing.assert_close(model.bn1.weight.detach(), before + 0.1)
+
+
+def test_fit_slimming_with_zero_lam_is_recipes_fit():
+    splits = _tiny_splits()
+    recipe = sk.recipes.RECIPES["cnn"].but(optimizer="sgd", lr=0.05, batch_size=16, max_epochs=3, patience=2)
+    a, b = _small_cnn(), _small_cnn()
+    fa = batchnorm.fit_slimming(a, splits, recipe, 0.0, seed=1, progress=False)
+    fb = sk.recipes.fit(b, splits, recipe, seed=1, progress=False)
+    assert fa.best_epoch == fb.best_epoch and fa.epochs_run == fb.epochs_run
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_fit_slimming_bad_input():
+    splits, recipe = _tiny_splits(), sk.recipes.RECIPES["cnn"]
+    with pytest.raises(ValueError, match="lam"):
+        batchnorm.fit_slimming(_small_cnn(), splits, recipe, -1.0)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        batchnorm.fit_slimming(sk.models.MLP(), splits, sk.recipes.RECIPES["mlp"], 1e-3)
+    with pytest.raises(TypeError, match="Recipe"):
+        batchnorm.fit_slimming(_small_cnn(), splits, "cnn", 1e-3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="nn.Module"):
+        batchnorm.fit_slimming("cnn", splits, recipe, 1e-3)  # type: ignore[arg-type]
+
+
+def test_slimming_scores_guard_the_largest_gammas_of_each_layer():
+    model = _small_cnn().eval()
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.tensor([0.1, -0.3, 0.2, 0.0]))
+        model.bn2.weight.copy_(torch.tensor([2.0, 1.0, 3.0, 4.0]))
+        model.bn3.weight.copy_(torch.tensor([0.5, 0.5, 0.0, 0.0]))
+    x = torch.randn(8, 40)
+    one = batchnorm.slimming_scores(model, x)
+    assert sorted(one) == ["conv1", "conv2", "conv3"]
+    inf = float("inf")
+    assert one["conv1"].tolist() == pytest.approx([0.1, inf, 0.2, 0.0])
+    assert one["conv2"].tolist() == pytest.approx([2.0, 1.0, 3.0, inf])
+    assert one["conv3"].tolist() == [inf, 0.5, 0.0, 0.0]  # tie: the lower index is guarded
+    two = batchnorm.slimming_scores(model, x, min_keep=2)
+    assert two["conv1"].tolist() == pytest.approx([0.1, inf, inf, 0.0])
+    # one global threshold removing 9 of 12 channels keeps exactly the guarded channel per layer
+    small = sk.structured.shrink_channels(model, 0.75, x, score=one, layers=["conv1", "conv2", "conv3"],
+                                          scope="global")
+    assert [small.conv1.out_channels, small.conv2.out_channels, small.conv3.out_channels] == [1, 1, 1]
+    with pytest.raises(ValueError, match="min_keep"):
+        batchnorm.slimming_scores(model, x, min_keep=5)
+    with pytest.raises(ValueError, match="min_keep"):
+        batchnorm.slimming_scores(model, x, min_keep=0)
+
+
+def test_taylor_bn_importance_is_the_gate_after_batchnorm():
+    model = _small_cnn()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2, model.bn3):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    model.train()
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(20, 40, generator=gen), torch.randint(0, 10, (20,), generator=gen)
+    before = copy.deepcopy(model.state_dict())
+    scores = batchnorm.taylor_bn_importance(model, x, y, x[:4], batch_size=8)  # batches 8, 8, 4
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    hand = {n: torch.zeros(4) for n in ("conv1", "conv2", "conv3")}
+    for i in (0, 8, 16):  # dL/dg_c = gamma_c dL/dgamma_c + beta_c dL/dbeta_c, squared per batch, mean
+        bns = (model.bn1, model.bn2, model.bn3)
+        params = [p for bn in bns for p in (bn.weight, bn.bias)]
+        grads = torch.autograd.grad(F.cross_entropy(model(x[i:i + 8]), y[i:i + 8]), params)
+        for k, (name, bn) in enumerate(zip(hand, bns)):
+            g = bn.weight.detach() * grads[2 * k] + bn.bias.detach() * grads[2 * k + 1]
+            hand[name] += g ** 2 / 3
+    assert sorted(scores) == sorted(hand)
+    for name in hand:
+        torch.testing.assert_close(scores[name], hand[name], rtol=1e-4, atol=1e-9)
+    plain = sk.structured.taylor_importance(model, x, y, batch_size=8)  # the gate before BatchNorm differs
+    assert not torch.allclose(plain["conv1"], scores["conv1"])
+    with pytest.raises(ValueError, match="BatchNorm"):
+        batchnorm.taylor_bn_importance(sk.models.MLP(), x, y, x[:4])
+    with pytest.raises(TypeError, match="loss_fn"):
+        batchnorm.taylor_bn_importance(model, x, y, x[:4], loss_fn=3)
