@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import statistics
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ def main() -> int:
     args = parser.parse_args()
     splits = sk.data.mnist1d(val_size=500)
     lines = [f"# Training recipes, calibrated\n\nMNIST-1D (3500 train / 500 validation / 1000 test), "
-             f"early stopping on validation loss; {cpu_name()}, "
+             f"early stopping on the recipe's monitor ({recipes.RECIPES[args.models.split(',')[0]].monitor}); "
+             f"{cpu_name()}, load average {os.getloadavg()[0]:.1f} at start, "
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Test accuracy mean +- sample std "
              f"over seeds {list(range(args.seeds))}; **bold** = the shipped recipe.\n",
              "| model | optimizer | lr | patience | stopped at epoch (mean) | best epoch (mean) "
