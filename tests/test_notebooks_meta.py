@@ -353,3 +353,32 @@ def test_references_bib_parses():
     entries = pybtex.parse_file(ROOT / "book" / "references.bib").entries
     text = (ROOT / "book" / "references.bib").read_text()
     assert len(entries) == text.count("\n@") + text.startswith("@")
+
+
+# --- Figures that read on a phone ---------------------------------------------------------
+
+MAX_FIGURE_PX = 800
+"""Widest saved figure, in pixels (8 in at the inline backend's 100 dpi). The book scales a
+figure to the page; at 400 px (a phone) an 800 px figure keeps half its size, so a 10 pt label
+stays about 7 px tall. Wider figures are multi-panel rows: stack them (two panels per row at
+most) instead (issue 19)."""
+
+
+def _png_sizes(cell: dict) -> list[tuple[int, int]]:
+    import base64
+    import struct
+
+    sizes = []
+    for out in cell.get("outputs", []):
+        png = out.get("data", {}).get("image/png")
+        if png:
+            head = base64.b64decode("".join(png)[:64])
+            sizes.append(struct.unpack(">II", head[16:24]))  # IHDR width, height
+    return sizes
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_figures_fit_a_phone_screen(path):
+    wide = [f"code cell {i}: {w} x {h} px" for i, cell in enumerate(_load(path)["cells"])
+            for w, h in _png_sizes(cell) if w > MAX_FIGURE_PX]
+    assert not wide, f"{path.name}: figures wider than {MAX_FIGURE_PX} px (stack the panels):\n" + "\n".join(wide)
