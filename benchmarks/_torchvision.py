@@ -15,6 +15,9 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
+import torch
+from torch import nn
+
 
 def import_torchvision() -> ModuleType | None:
     """``torchvision``, or None when it cannot be imported even with the workaround."""
@@ -34,3 +37,21 @@ def import_torchvision() -> ModuleType | None:
     except (ImportError, RuntimeError):
         return None
     return torchvision
+
+
+def randomized_model(tv: ModuleType, name: str, generator: torch.Generator | None = None,
+                     **kwargs: object) -> nn.Module:
+    """``tv.models.<name>(**kwargs)`` from seed 0, in eval mode, with BatchNorm statistics and affine
+    parameters drawn at random from ``generator`` (default: seeded 0) -- a fresh model's are 0 / 1,
+    which would hide BatchNorm folding errors."""
+    torch.manual_seed(0)
+    model = getattr(tv.models, name)(**kwargs)
+    g = torch.Generator().manual_seed(0) if generator is None else generator
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()

@@ -43,7 +43,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparsekit as sk  # noqa: E402
-from benchmarks._torchvision import import_torchvision  # noqa: E402
+from benchmarks._torchvision import import_torchvision, randomized_model  # noqa: E402
 from sparsekit import graph as dep  # noqa: E402
 from sparsekit.masking import copy_model  # noqa: E402
 from sparsekit.structured import shrink as sh  # noqa: E402
@@ -56,20 +56,13 @@ SPARSITY = 0.5
 
 def build(tv, name: str) -> nn.Module:
     """The family's model, randomly initialized, with non-trivial BatchNorm and no all-zero parameter."""
-    torch.manual_seed(0)
-    model = getattr(tv.models, name)()
     g = torch.Generator().manual_seed(0)
+    model = randomized_model(tv, name, generator=g)  # the BatchNorm draws, then the zero parameters'
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
         for p in model.parameters():
             if bool((p == 0).all()):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model.eval()
+    return model
 
 
 def classifier(model: nn.Module) -> nn.Module:

@@ -1,6 +1,6 @@
 """BatchNorm: recalibration after pruning, and network slimming's sparsity training of gamma.
 
-Recalibration (:func:`recalibrate_batchnorm`). Pipeline step: between *mask* and *evaluate*
+Recalibration (:func:`sparsekit.recalibrate_batchnorm`). Pipeline step: between *mask* and *evaluate*
 (and before or instead of *train*). Pruning a network with BatchNorm changes the distribution of
 every pruned layer's output, but the BatchNorm layers after it still normalise with the running
 mean and variance of the *dense* network. In eval mode those stale statistics shift and rescale
@@ -152,7 +152,7 @@ def fit_slimming(model: nn.Module, splits: object, recipe: object, lam: float, *
 
     After every optimizer step the proximal step of the penalty is applied with the recipe's
     learning rate ``lr``: ``gamma <- sign(gamma) * max(|gamma| - lr * lam, 0)``
-    (:func:`sparsekit.structured.slimming_hook`). With SGD + momentum (the paper's optimizer,
+    (:func:`sparsekit.structured.importance.slimming_hook`). With SGD + momentum (the paper's optimizer,
     ``recipe.optimizer == "sgd"``) the cross-entropy gradient and the penalty act on the same
     scale, so scales the loss does not need reach exactly zero; Adam would rescale the loss
     gradient per parameter and blur the split. Early stopping and best-epoch restore as in
@@ -195,7 +195,7 @@ def slimming_scores(model: nn.Module, example_input: Tensor, *, min_keep: int = 
     here each layer's ``min_keep`` largest ``|gamma|`` are raised to ``+inf``: a global
     selection (``shrink_channels(..., score=slimming_scores(...), scope="global")``) then
     never removes them and otherwise follows the threshold. Layers without a BatchNorm right
-    after them are left out (as in :func:`sparsekit.structured.bn_importance`).
+    after them are left out (as in :func:`sparsekit.structured.importance.bn_importance`).
 
     Raises:
         ValueError: ``min_keep`` is not a positive int, or larger than some layer's channels.
@@ -220,14 +220,14 @@ def taylor_bn_importance(model: nn.Module, inputs: Tensor, targets: Tensor, exam
     Molchanov et al. place the channel gate ``g_c`` after each BatchNorm: removing the channel
     then removes ``gamma_c * xhat_c + beta_c``, and ``dL/dg_c = gamma_c dL/dgamma_c + beta_c
     dL/dbeta_c``. The score is ``(dL/dg_c)^2`` averaged over mini-batches, like
-    :func:`sparsekit.structured.taylor_importance`, which gates the layer's output *before*
+    :func:`sparsekit.structured.importance.taylor_importance`, which gates the layer's output *before*
     its BatchNorm instead. Keyed by the Conv/Linear layer the BatchNorm follows (found in the
     fx graph traced on ``example_input``), so it plugs into ``shrink_channels(score=...)``.
     Layers without a BatchNorm right after them are left out. Eval mode; nothing changes.
     """
     import torch.nn.functional as F
 
-    from .structured.importance import gate_gradients, model_device
+    from .structured.importance import gated_taylor_scores
 
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     if not callable(loss_fn):
@@ -238,22 +238,5 @@ def taylor_bn_importance(model: nn.Module, inputs: Tensor, targets: Tensor, exam
     pairs = {src: bn for g in dep.channel_groups(model, example_input) for src, bn in g.bn_of.items()}
     if not pairs:
         raise ValueError(f"{type(model).__name__} has no Conv/Linear layer followed by a BatchNorm")
-    device = model_device(model)
-    gates = {src: torch.ones(modules[bn].num_features, requires_grad=True, device=device) for src, bn in pairs.items()}
-
-    def gate_hook(src: str):  # noqa: ANN202
-        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            shape = [1] * output.dim()
-            shape[1 if output.dim() > 1 else 0] = -1
-            return output * gates[src].view(shape)
-        return hook
-
-    handles = [modules[bn].register_forward_hook(gate_hook(src)) for src, bn in pairs.items()]
-    try:
-        per_batch = gate_gradients(model, list(gates.values()), model, inputs, targets, loss_fn,
-                                   batch_size=batch_size)
-    finally:
-        for h in handles:
-            h.remove()
-    total = [sum(grads[i] ** 2 for grads, _ in per_batch) / len(per_batch) for i in range(len(gates))]
-    return dict(zip(gates, total, strict=True))
+    return gated_taylor_scores(model, {src: (modules[bn], modules[bn].num_features) for src, bn in pairs.items()},
+                               inputs, targets, loss_fn, batch_size=batch_size)

@@ -2,7 +2,7 @@
 
 Expand the training loss around trained weights ``w`` to second order in a change ``dw``:
 
-    dL = g . dw + 1/2 dw^T H dw + O(|dw|^3).
+    dL = g . dw + 1/2 dw^T H dw + O(dw^3).
 
 At a minimum the gradient ``g`` vanishes; OBD further keeps only the diagonal of the
 Hessian ``H``. Deleting weight ``k`` (``dw_k = -w_k``, the others unchanged) then costs
@@ -30,6 +30,7 @@ from torch.func import functional_call, grad, vmap
 
 from . import _validate
 from .masking import effective_weights, get_masks, prunable_weights
+from .scores import _check_batch
 from .train import eval_mode
 
 __all__ = ["fisher_diagonal", "obd_saliency"]
@@ -40,15 +41,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def _check(model: object, inputs: object, targets: object) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs must be a Tensor, got {type(inputs).__name__}")
-    if not isinstance(targets, Tensor):
-        raise TypeError(f"targets must be a Tensor, got {type(targets).__name__}")
-    if inputs.dim() == 0 or len(inputs) == 0:
-        raise ValueError(f"inputs must be a non-empty batch, got shape {tuple(inputs.shape)}")
-    if targets.dim() == 0 or len(targets) != len(inputs):
-        raise ValueError(f"targets must hold one label per input: inputs has {len(inputs)} rows, "
-                         f"targets has shape {tuple(targets.shape)}")
+    _check_batch(inputs, targets)
     if not prunable_weights(model):
         raise ValueError(f"{type(model).__name__} has no Linear/Conv1d/Conv2d weights to score")
 

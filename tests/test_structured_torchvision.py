@@ -14,22 +14,14 @@ from torch import nn
 
 from sparsekit import structured as S
 
-_tv = pytest.importorskip("benchmarks._torchvision").import_torchvision()
+_tvmod = pytest.importorskip("benchmarks._torchvision")
+_tv = _tvmod.import_torchvision()
 if _tv is None:
     pytest.skip("torchvision cannot be imported", allow_module_level=True)
 
 
 def _build(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    model = getattr(_tv.models, name)(num_classes=10)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
+    return _tvmod.randomized_model(_tv, name, num_classes=10)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_0"])

@@ -160,7 +160,7 @@ def head_importance(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: 
     time, in eval mode (:func:`sparsekit.train.eval_mode`). ``normalize`` divides each layer's
     scores by their L2 norm, as Michel et al. do before global pruning. The model must accept
     ``model(x, head_masks=...)`` like ``TinyTransformer``, or hold ``nn.MultiheadAttention``
-    layers (each head gated through its columns of ``out_proj``, :func:`_mha_forward`).
+    layers (each head gated through its columns of ``out_proj``, ``_mha_forward``).
     """
     from torch.func import grad, vmap
 

@@ -173,18 +173,30 @@ def taylor_importance(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn
     before the norm would be normalised away); the model's parameters, buffers and every
     module's mode are left as they were.
     """
-    layers = sources(model)
-    gates = {n: torch.ones(m.weight.shape[0], requires_grad=True, device=m.weight.device) for n, m in layers.items()}
+    return gated_taylor_scores(model, {n: (m, m.weight.shape[0]) for n, m in sources(model).items()},
+                               inputs, targets, loss_fn, batch_size=batch_size)
 
-    def gate_hook(name: str):
+
+def gated_taylor_scores(model: nn.Module, gated: dict[str, tuple[nn.Module, int]], inputs: Tensor,
+                        targets: Tensor, loss_fn: LossFn = F.cross_entropy, *,
+                        batch_size: int = 128) -> dict[str, Tensor]:
+    """``{key: (dL/dg)^2 averaged over mini-batches}`` for a gate ``g`` (all ones) multiplied
+    into the channels of each ``gated[key] = (module, channels)``'s output (the last dimension
+    of a Linear's output, dimension 1 otherwise). Where the gate sits is the caller's choice:
+    after each Conv/Linear (:func:`taylor_importance`) or after each BatchNorm
+    (:func:`sparsekit.batchnorm.taylor_bn_importance`)."""
+    device = model_device(model)
+    gates = {key: torch.ones(channels, requires_grad=True, device=device) for key, (_, channels) in gated.items()}
+
+    def gate_hook(key: str):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
             dim = output.dim() - 1 if isinstance(module, nn.Linear) else 1
             shape = [1] * output.dim()
             shape[dim] = -1
-            return output * gates[name].view(shape)
+            return output * gates[key].view(shape)
         return hook
 
-    handles = [m.register_forward_hook(gate_hook(n)) for n, m in layers.items()]
+    handles = [module.register_forward_hook(gate_hook(key)) for key, (module, _) in gated.items()]
     try:
         per_batch = gate_gradients(model, list(gates.values()), model, inputs, targets, loss_fn,
                                    batch_size=batch_size)

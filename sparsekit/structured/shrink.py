@@ -12,7 +12,7 @@ model**. The dependencies come from the model's ``torch.fx`` graph
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,19 +59,25 @@ class ChannelPlan:
 def _atom_scores(deps: dep.Dependencies, scores: Mapping[str, Tensor]) -> Tensor:
     """One score per atom (NaN where the layer has no score)."""
     out = torch.full((len(deps.atom_source),), float("nan"))
+    for src, start, stop in _layer_spans(deps):
+        if src in scores:
+            s = torch.as_tensor(scores[src]).detach().float().cpu().flatten()
+            if len(s) != stop - start:
+                raise ValueError(f"score for {src!r} has {len(s)} entries, the layer has {stop - start} channels")
+            out[start:stop] = s
+    return out
+
+
+def _layer_spans(deps: dep.Dependencies) -> Iterator[tuple[str, int, int]]:
+    """``(layer, start, stop)``: the atoms of each layer, which ``atom_source`` lists contiguously."""
     start = 0
     while start < len(deps.atom_source):
         src = deps.atom_source[start]
         stop = start
         while stop < len(deps.atom_source) and deps.atom_source[stop] == src:
             stop += 1
-        if src in scores:
-            s = torch.as_tensor(scores[src]).detach().float().cpu().flatten()
-            if len(s) != stop - start:
-                raise ValueError(f"score for {src!r} has {len(s)} entries, the layer has {stop - start} channels")
-            out[start:stop] = s
+        yield src, start, stop
         start = stop
-    return out
 
 
 def _group_scores(group: dep.ChannelGroup, atom_scores: Tensor, kind: str) -> Tensor:
@@ -503,16 +509,10 @@ def _plan(model: nn.Module, deps: dep.Dependencies, sparsity: float | Mapping[st
                              f"scope {scope!r}) would remove every channel; at least one must remain")
         gone = _removed_units(g, imps[gid], n)
         removed[g.atoms] = gone[g.atom_unit]
-    start = 0
-    while start < len(deps.atom_source):
-        name = deps.atom_source[start]
-        stop = start
-        while stop < len(deps.atom_source) and deps.atom_source[stop] == name:
-            stop += 1
+    for name, start, stop in _layer_spans(deps):
         r = removed[start:stop].nonzero().flatten()
         if len(r):
             plan.removed[name] = r
-        start = stop
     return removed, plan
 
 
