@@ -6,11 +6,21 @@ environment) and otherwise writes the same output itself, so a chapter opened in
 does not need myst-nb, which would pull Sphinx into the runtime just to record values.
 Either way the cell's saved output is the same mime bundle, byte for byte, so the
 book renders and nbval compares exactly what it did before.
+
+:func:`results_tables` reads a file that a benchmark script wrote to
+``benchmarks/results/``: some measurements take minutes (converged baselines,
+torchvision's models), so a chapter shows the recorded tables instead of re-running them.
+The files belong to the repository, not to the installed package: in Colab it returns
+``None`` and the chapter says the file is missing.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+Table = list[list[str]]
+"""A Markdown table as rows of stripped cells, the header and the ``---`` row included."""
 
 GLUE_PREFIX = "application/papermill.record/"
 """myst-nb's prefix for a glued value that is stored but not displayed (``display=False``)."""
@@ -61,3 +71,42 @@ def glue(name: str, variable: Any, display: bool = True) -> None:
     from IPython.display import display as ipy_display
 
     ipy_display(bundle, raw=True, metadata=metadata)
+
+
+def results_file(name: str) -> Path | None:
+    """``benchmarks/results/<name>`` of the checkout this runs in, or ``None`` outside a checkout.
+
+    Looked up from the working directory and its parents (a notebook runs in ``notebooks/``),
+    then next to the imported package (an editable install).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if not name or Path(name).name != name:
+        raise ValueError(f"name must be a file name in benchmarks/results/, got {name!r}")
+    roots = (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[1])
+    return next((r / "benchmarks" / "results" / name for r in roots
+                 if (r / "benchmarks" / "results" / name).is_file()), None)
+
+
+def markdown_tables(text: str) -> list[Table]:
+    """Every table of a Markdown text (runs of lines starting with ``|``), in order."""
+    tables: list[Table] = []
+    current: Table = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def results_tables(name: str) -> list[Table] | None:
+    """The tables of ``benchmarks/results/<name>`` (:func:`results_file`), or ``None`` if it is not there."""
+    path = results_file(name)
+    return markdown_tables(path.read_text()) if path is not None else None
+
+
+def table_markdown(table: Table) -> str:
+    """A :data:`Table` back as Markdown, for ``display(Markdown(...))``."""
+    return "\n".join("| " + " | ".join(row) + " |" for row in table)

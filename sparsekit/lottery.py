@@ -234,6 +234,9 @@ def default_optimizer(model: nn.Module, lr: float = 3e-3) -> torch.optim.Optimiz
 def recipe_optimizer(recipe: Recipe) -> OptimizerFn:
     """``model -> optimizer`` with a :class:`sparsekit.recipes.Recipe`'s optimizer, lr and weight decay.
 
+    The learning rate stays constant: IMP trains every round for a fixed number of iterations,
+    so the recipe's plateau drop (``lr_drops``) and early stop do not apply.
+
     Plain Adam without weight decay is built fused where torch supports it (as
     :func:`default_optimizer`): the same update, fewer kernel launches per step.
     """

@@ -101,3 +101,25 @@ def test_chapter_glues_without_myst_nb(path):
     code = "\n".join(cells)
     assert "myst_nb" not in code
     assert "from sparsekit.book import glue" in code or "glue(" not in code
+
+
+def test_results_tables_reads_every_table_of_a_results_file(tmp_path, monkeypatch):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "r.md").write_text("# title\n\ntext\n\n| a | b |\n|---|---:|\n| 1 | x y |\n\nmore\n| c |\n|---|\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # a chapter runs in notebooks/: found in a parent
+    assert book.results_file("r.md") == results / "r.md"
+    tables = book.results_tables("r.md")
+    assert tables == [[["a", "b"], ["---", "---:"], ["1", "x y"]], [["c"], ["---"]]]
+    assert book.table_markdown(tables[0]) == "| a | b |\n| --- | ---: |\n| 1 | x y |"
+    assert book.markdown_tables(book.table_markdown(tables[0])) == [tables[0]]
+    assert book.results_tables("missing.md") is None
+    assert book.markdown_tables("no tables here") == []
+
+
+@pytest.mark.parametrize("name, err", [("../r.md", ValueError), ("", ValueError), ("a/b.md", ValueError),
+                                       (3, TypeError)])
+def test_results_file_bad_name(name, err):
+    with pytest.raises(err):
+        book.results_file(name)

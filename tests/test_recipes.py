@@ -46,6 +46,50 @@ def test_fit_on_validation_accuracy_keeps_the_first_best_epoch(splits):
     assert val_acc == max(acc)
 
 
+def test_fit_drops_the_learning_rate_on_each_plateau_before_it_stops(splits):
+    no_drop = Recipe("mlp", lr=3e-2, max_epochs=200, patience=3)
+    plain = fit(_mlp(), splits, no_drop, seed=0, progress=False)
+    model = _mlp()
+    dropped = fit(model, splits, no_drop.but(lr_drops=2, lr_drop_factor=0.2), seed=0, progress=False)
+    assert plain.drop_epochs == [] and len(dropped.drop_epochs) == 2
+    first = dropped.drop_epochs[0]
+    # until the first plateau the two runs are the same run; the plain one stops where the other drops
+    assert first == plain.epochs_run
+    assert dropped.history.val_acc[:first] == plain.history.val_acc
+    # after a drop, patience counts afresh; the last plateau stops training
+    second = dropped.drop_epochs[1]
+    before_second = dropped.history.val_acc[:second]
+    best_before_second = before_second.index(max(before_second)) + 1
+    assert second - max(first, best_before_second) == 3
+    assert dropped.epochs_run - max(dropped.best_epoch, dropped.drop_epochs[1]) == 3
+    # training continued from the best weights at a lower rate, and the best epoch is restored at the end
+    assert max(dropped.history.val_acc) >= max(plain.history.val_acc)
+    _, val_acc = sk.train.evaluate(model, sk.data.loader(splits.x_val, splits.y_val, 1000))
+    assert val_acc == max(dropped.history.val_acc) == dropped.history.val_acc[dropped.best_epoch - 1]
+
+
+def test_the_epoch_after_a_drop_starts_from_the_best_weights_at_the_lower_rate(splits, monkeypatch):
+    recipe = Recipe("mlp", lr=3e-2, max_epochs=200, patience=3, lr_drops=1, lr_drop_factor=0.1)
+    best_model = _mlp()
+    plain = fit(best_model, splits, recipe.but(lr_drops=0), seed=0, progress=False)
+    seen: list[tuple[float, dict[str, torch.Tensor]]] = []  # (lr, weights) at the start of every epoch
+    train_one_epoch = recipes.train_steps
+
+    def spy(model, loader, *, epochs, optimizer, progress):
+        seen.append((optimizer.param_groups[0]["lr"], {k: v.clone() for k, v in model.state_dict().items()}))
+        return train_one_epoch(model, loader, epochs=epochs, optimizer=optimizer, progress=progress)
+
+    monkeypatch.setattr(recipes, "train_steps", spy)
+    dropped = fit(_mlp(), splits, recipe, seed=0, progress=False)
+    drop = dropped.drop_epochs[0]
+    assert drop == plain.epochs_run
+    assert [lr for lr, _ in seen[:drop]] == [3e-2] * drop
+    assert all(lr == pytest.approx(3e-3) for lr, _ in seen[drop:])
+    # epoch drop + 1 starts from the weights of the best epoch so far, which the plain run restored
+    start = seen[drop][1]
+    assert all(torch.equal(start[k], v) for k, v in best_model.state_dict().items())
+
+
 def test_fit_is_deterministic_for_a_seed_and_differs_across_seeds(splits):
     recipe = Recipe("mlp", lr=1e-2, max_epochs=5, patience=5)
     a, b, c = _mlp(), _mlp(), _mlp()
@@ -75,6 +119,11 @@ def test_train_baseline_builds_the_seeded_model(splits, monkeypatch):
     assert fa.best_epoch == b.best_epoch
 
 
+def test_final_lr_is_the_rate_after_every_drop():
+    assert Recipe("mlp", lr=1e-2).final_lr == 1e-2
+    assert Recipe("mlp", lr=1e-2, lr_drops=2, lr_drop_factor=0.5).final_lr == pytest.approx(2.5e-3)
+
+
 def test_but_changes_only_the_named_fields():
     r = recipes.RECIPES["mlp"]
     s = r.but(lr=1e-4)
@@ -86,6 +135,8 @@ def test_but_changes_only_the_named_fields():
     ({"lr": "big"}, TypeError), ({"batch_size": 0}, ValueError), ({"patience": 0}, ValueError),
     ({"max_epochs": 1.5}, TypeError), ({"monitor": "train_loss"}, ValueError),
     ({"weight_decay": -1.0}, ValueError), ({"min_delta": float("nan")}, ValueError),
+    ({"lr_drops": -1}, ValueError), ({"lr_drops": 1.5}, TypeError), ({"lr_drops": True}, TypeError),
+    ({"lr_drop_factor": 0.0}, ValueError), ({"lr_drop_factor": 1.0}, ValueError),
 ])
 def test_recipe_refuses_bad_fields(kwargs, error):
     with pytest.raises(error):

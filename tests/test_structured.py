@@ -419,6 +419,46 @@ def test_select_heads() -> None:
         S.select_heads(imp, 7)
 
 
+def test_prune_heads_iteratively_rescores_the_smaller_model_at_every_step() -> None:
+    torch.manual_seed(0)
+    model = sk.models.TinyTransformer(num_heads=4).eval()  # 2 layers x 4 heads
+    y = torch.randint(0, 10, (16,))
+    seen: list[list[int]] = []
+
+    def score(m: nn.Module) -> list[torch.Tensor]:
+        seen.append([a.num_heads for a in S.attention_layers(m)])
+        return S.head_importance(m, X, y)
+
+    path = list(S.prune_heads_iteratively(model, score, heads_per_step=3))
+    assert [k for k, _ in path] == [0, 3, 6]  # 8 -> 5 -> 2 heads; one more step would leave none
+    assert path[0][1] is model
+    assert len(seen) == 2 and seen[0] == [4, 4] and sum(seen[1]) == 5  # each step scores the current model
+    # oracle: the same steps by hand with select_heads and shrink_heads
+    by_hand = model
+    for (_, step_model), expected_left in zip(path[1:], (5, 2)):
+        by_hand = S.shrink_heads(by_hand, S.select_heads(S.head_importance(by_hand, X, y), 3))
+        assert sum(a.num_heads for a in S.attention_layers(step_model)) == expected_left
+        with torch.no_grad():
+            assert torch.equal(step_model(X), by_hand(X))
+    assert [a.num_heads for a in S.attention_layers(model)] == [4, 4]  # the original is untouched
+    assert [k for k, _ in S.prune_heads_iteratively(model, S.head_magnitude, 2, min_heads=4)] == [0, 2, 4]
+
+
+def test_prune_heads_iteratively_bad_input() -> None:
+    model = sk.models.TinyTransformer(num_heads=4)
+    with pytest.raises(TypeError, match="score"):
+        next(S.prune_heads_iteratively(model, "magnitude"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="heads_per_step"):
+        next(S.prune_heads_iteratively(model, S.head_magnitude, 0))
+    with pytest.raises(ValueError, match="min_heads"):
+        next(S.prune_heads_iteratively(model, S.head_magnitude, 1, min_heads=-1))
+    with pytest.raises(ValueError, match="MultiHeadSelfAttention"):
+        next(S.prune_heads_iteratively(sk.models.MLP(), S.head_magnitude))
+    mha = nn.Sequential(nn.MultiheadAttention(16, 4))
+    with pytest.raises(TypeError, match="once"):
+        next(S.prune_heads_iteratively(mha, S.head_magnitude))
+
+
 # --------------------------------------------------------------------------- cost
 
 def test_cost_counts_linear_conv_and_attention() -> None:

@@ -17,7 +17,8 @@ runs faster on any hardware. The pipeline steps, one module each:
   (``channel_groups``, :mod:`sparsekit.graph`, after DepGraph, Fang et al. 2023);
 * attention heads (:mod:`~sparsekit.structured.heads`): score with ``head_importance``
   (Michel et al. 2019) or ``head_magnitude``, select with ``select_heads``, finalize
-  with ``shrink_heads`` (a new, smaller model); ``torch.nn.MultiheadAttention`` too;
+  with ``shrink_heads`` (a new, smaller model), step by step with ``prune_heads_iteratively``;
+  ``torch.nn.MultiheadAttention`` too;
 * the plan (:class:`~sparsekit.structured.shrink.ChannelPlan`: removed channels per layer,
   skipped groups and why) travels with the shrunk model: ``save_shrunk`` / ``load_shrunk``
   rebuild it from a fresh model (``torch.load(..., weights_only=True)``), and
@@ -37,6 +38,7 @@ from .heads import (
     head_importance,
     head_magnitude,
     mha_layers,
+    prune_heads_iteratively,
     select_heads,
     shrink_heads,
 )
@@ -65,7 +67,7 @@ from .shrink import (
 __all__ = [
     "CHANNEL_SCORES", "ChannelPlan", "Cost", "LossFn", "ShrunkMultiheadAttention", "apply_plan", "attention_layers",
     "bn_importance", "bn_l1_penalty", "channel_groups", "cost", "cut_removed_inputs", "gate_gradients",
-    "head_importance", "head_magnitude", "l1_importance", "load_shrunk", "mha_layers", "random_importance",
-    "save_shrunk", "select_heads", "shrink_channels", "shrink_heads", "slimming_hook", "slimming_loss",
-    "taylor_importance",
+    "head_importance", "head_magnitude", "l1_importance", "load_shrunk", "mha_layers", "prune_heads_iteratively",
+    "random_importance", "save_shrunk", "select_heads", "shrink_channels", "shrink_heads", "slimming_hook",
+    "slimming_loss", "taylor_importance",
 ]

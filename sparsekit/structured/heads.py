@@ -4,7 +4,8 @@ Michel et al. 2019 ("Are Sixteen Heads Really Better than One?") gate every head
 scalar ``xi_h`` and score it by ``|dL/d xi_h|`` per example, averaged (:func:`head_importance`);
 :func:`head_magnitude` is the weight-norm baseline. :func:`select_heads` picks the
 globally least important heads, and :func:`shrink_heads` returns a new model whose
-q/k/v/out projections are physically smaller.
+q/k/v/out projections are physically smaller. :func:`prune_heads_iteratively` chains the
+three the way Michel et al. prune step by step, re-scoring the smaller model each time.
 
 Both the book's :class:`~sparsekit.models.MultiHeadSelfAttention` and PyTorch's
 ``nn.MultiheadAttention`` (packed ``in_proj_weight``; torchvision's ViT) are handled.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -268,3 +269,37 @@ def shrink_heads(model: nn.Module, heads_to_prune: Mapping[int, Iterable[int]]) 
         a.out.in_features = len(rows)
         a.num_heads = len(keep_heads)
     return new
+
+
+HeadScore = Callable[[nn.Module], Sequence[Tensor]]
+"""``model -> one score tensor per attention layer``, e.g. ``lambda m: head_importance(m, x, y)``."""
+
+
+def prune_heads_iteratively(model: nn.Module, score: HeadScore, heads_per_step: int = 1, *,
+                            min_heads: int = 1) -> Iterator[tuple[int, nn.Module]]:
+    """Remove the ``heads_per_step`` least important heads, re-score the smaller model, repeat.
+
+    Michel et al. 2019 prune heads step by step in order of importance, re-estimating the
+    importance of the remaining heads after each step (their Figure 3 curves). Yields
+    ``(heads removed so far, model)``, starting with ``(0, model)`` itself, and stops before a
+    step would leave fewer than ``min_heads`` heads in the whole model. Each step is
+    :func:`select_heads` on ``score(current)`` then :func:`shrink_heads`, so every yielded model is
+    a new, physically smaller copy; ``model`` is never changed. The book's
+    :class:`~sparsekit.models.MultiHeadSelfAttention` only: a shrunk ``nn.MultiheadAttention``
+    cannot be shrunk again.
+    """
+    if not callable(score):
+        raise TypeError(f"score must be a callable model -> per-layer scores, got {type(score).__name__}")
+    heads_per_step = _validate.positive_int(heads_per_step, "heads_per_step")
+    min_heads = _validate.integer(min_heads, "min_heads", low=0)
+    if any(isinstance(a, nn.MultiheadAttention) for a in attention_layers(model)):
+        raise TypeError("prune_heads_iteratively shrinks a model several times: nn.MultiheadAttention "
+                        "can be shrunk once (use select_heads and shrink_heads)")
+    current, removed = model, 0
+    while True:
+        yield removed, current
+        left = sum(a.num_heads for a in attention_layers(current))
+        if left - heads_per_step < min_heads:
+            return
+        current = shrink_heads(current, select_heads(score(current), heads_per_step))
+        removed += heads_per_step
