@@ -82,7 +82,7 @@ class Recipe:
 
     @property
     def final_lr(self) -> float:
-        """The learning rate after every plateau drop: where a converged run of this recipe ended."""
+        """The learning rate once every plateau drop has happened (where a converged run of this recipe ended)."""
         return self.lr * self.lr_drop_factor ** self.lr_drops
 
     def but(self, **changes: object) -> Recipe:
