@@ -24,6 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
+from short_budgets import RES, TF  # chapter 2's sizes (this script's folder is on sys.path)
+
 import sparsekit as sk
 from sparsekit import recipes
 from sparsekit.bench import cpu_name
@@ -33,9 +35,8 @@ VARIANTS: dict[str, tuple[str, dict[str, object], str]] = {
     "mlp": ("mlp", {}, "mlp 40-256-256-10"),
     "mlp100": ("mlp", {"hidden": (100, 100)}, "mlp 40-100-100-10 (chapter 3)"),
     "cnn": ("cnn", {}, "cnn"),
-    "rescnn": ("rescnn", {"channels": 32, "blocks": 2}, "rescnn 32 x 2 blocks (chapter 2)"),
-    "transformer": ("transformer", {"d_model": 32, "num_heads": 8, "d_ff": 64, "num_layers": 2},
-                    "transformer 2 x 8 heads (chapter 2)"),
+    "rescnn": ("rescnn", RES, "rescnn 32 x 2 blocks (chapter 2)"),
+    "transformer": ("transformer", TF, "transformer 2 x 8 heads (chapter 2)"),
 }
 
 
